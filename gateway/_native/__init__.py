@@ -1,0 +1,1 @@
+"""Compiled extensions (built by setup.py); import them through gateway.features.dispatch."""

@@ -1,0 +1,1 @@
+"""Model runtimes (ONNX Runtime) and the per-model dynamic batcher."""

@@ -1,0 +1,391 @@
+"""The one data plane behind every transport: route, encode, batch, decide.
+
+The gRPC servicers convert wire messages into a :class:`TransactionBatch` and call
+:meth:`DataPlane.score`; they never decide anything themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.errors import (
+    BackendFailure,
+    DeadlineExpired,
+    ErrorKind,
+    GatewayError,
+    Overloaded,
+    invalid,
+)
+from gateway.features.columns import Columns
+from gateway.models.repository import LoadedModel, ModelRepository
+from router.routes import (
+    ArmRole,
+    Assignment,
+    Decision,
+    RouteSpec,
+    RouteTable,
+    decide,
+)
+from router.store import RouteStore
+
+ROUTING_SOURCES = frozenset({"channel", "account_id", "card_id", "merchant_id", "device_id"})
+"""Columns the router reads: the route match and the sticky keys."""
+
+
+class DecisionSource(enum.StrEnum):
+    MODEL = "MODEL"
+    FALLBACK = "FALLBACK"
+
+
+class FallbackReason(enum.StrEnum):
+    TIMEOUT = "TIMEOUT"
+    OVERLOAD = "OVERLOAD"
+    BACKEND_ERROR = "BACKEND_ERROR"
+
+
+_TRIGGER = {
+    FallbackReason.TIMEOUT: "timeout",
+    FallbackReason.OVERLOAD: "overload",
+    FallbackReason.BACKEND_ERROR: "backend_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionBatch:
+    """Validated transactions, as feature-source columns (one row per transaction)."""
+
+    transaction_ids: Sequence[str]
+    columns: Columns
+
+    def __len__(self) -> int:
+        return len(self.transaction_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOptions:
+    explain: bool = False
+    route: str = ""
+    """Force a route by name; empty: the first route that matches."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The answer for one transaction, transport-neutral."""
+
+    transaction_id: str
+    score: float
+    decision: Decision
+    model_name: str
+    model_version: int
+    arm: ArmRole
+    source: DecisionSource
+    route: str
+    config_version: int
+    fallback_reason: FallbackReason | None = None
+
+
+def parse_version(version: str) -> int | None:
+    """``""`` means the newest loaded version; otherwise a positive integer."""
+    if not version:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise invalid(f"model_version must be a positive integer or empty, got {version!r}")
+    return int(version)
+
+
+class HasThresholds(Protocol):
+    """Thresholds from a route or from a model card."""
+
+    @property
+    def review_at(self) -> float: ...
+
+    @property
+    def decline_at(self) -> float: ...
+
+
+def decide_threshold(score: float, thresholds: HasThresholds) -> Decision:
+    """APPROVE below review_at, DECLINE at or above decline_at, REVIEW between."""
+    if score >= thresholds.decline_at:
+        return Decision.DECLINE
+    if score >= thresholds.review_at:
+        return Decision.REVIEW
+    return Decision.APPROVE
+
+
+class DataPlane:
+    """Scores transactions against the route table in force."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        routes: RouteStore,
+        bucket_of: Callable[[str, str], int],
+    ) -> None:
+        self.repository = repository
+        self.routes = routes
+        self._bucket_of = bucket_of
+
+    @property
+    def required_sources(self) -> frozenset[str]:
+        """Every column some loaded model or the router reads."""
+        sources = set(ROUTING_SOURCES)
+        for model in self.repository.loaded():
+            sources |= model.spec.sources
+        return frozenset(sources)
+
+    async def score(
+        self,
+        batch: TransactionBatch,
+        options: ScoreOptions,
+        caller_deadline: float | None = None,
+    ) -> list[ScoreResult]:
+        """Score every transaction of ``batch``, in order.
+
+        Args:
+            batch: validated transactions.
+            options: explain / forced route.
+            caller_deadline: the gRPC deadline as ``time.monotonic()`` seconds.
+
+        Raises:
+            GatewayError: NOT_FOUND for an unknown route or model; RESOURCE_EXHAUSTED,
+                DEADLINE_EXCEEDED or INTERNAL where the route's fallback policy does
+                not cover the failure.
+        """
+        versioned = self.routes.current
+        n = len(batch)
+        assignments = [
+            self._assign(versioned.table, batch.columns, i, options.route) for i in range(n)
+        ]
+        # Group rows by the model version that scores them: one batcher call each.
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, assignment in enumerate(assignments):
+            groups.setdefault((assignment.arm.model, assignment.arm.version), []).append(i)
+        now = time.monotonic()
+        results: list[ScoreResult | None] = [None] * n
+        waits = []
+        for (name, version), rows in groups.items():
+            model = self.repository.get(name, version)
+            route = assignments[rows[0]].route
+            budget = now + route.deadline_ms / 1000.0
+            deadline = budget if caller_deadline is None else min(budget, caller_deadline)
+            waits.append(self._score_group(model, batch, rows, assignments, deadline, budget))
+        outcomes = await asyncio.gather(*waits)
+        for rows, (scores, failure) in zip(groups.values(), outcomes, strict=True):
+            for j, i in enumerate(rows):
+                assignment = assignments[i]
+                model = self.repository.get(assignment.arm.model, assignment.arm.version)
+                if failure is not None:
+                    results[i] = self._fallback(
+                        batch, i, assignment, failure, versioned.config_version
+                    )
+                    continue
+                assert scores is not None
+                score = float(scores[j])
+                thresholds = assignment.route.decision or model.card.thresholds
+                results[i] = ScoreResult(
+                    transaction_id=batch.transaction_ids[i],
+                    score=score,
+                    decision=decide_threshold(score, thresholds),
+                    model_name=model.name,
+                    model_version=model.version,
+                    arm=assignment.arm.role,
+                    source=DecisionSource.MODEL,
+                    route=assignment.route.name,
+                    config_version=versioned.config_version,
+                )
+        return [r for r in results if r is not None]
+
+    async def load_model(self, name: str) -> LoadedModel:
+        """Load the newest version of ``name`` on disk (the repository extension)."""
+        return await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of ``name``, unless the route table in force uses it."""
+        table = self.routes.current.table
+        users = sorted(
+            route.name
+            for route in table.routes
+            if any(model == name for model, _ in route.targets())
+        )
+        if users:
+            raise GatewayError(
+                ErrorKind.FAILED_PRECONDITION,
+                f"model {name!r} serves route(s) {users}: change the routes before unloading it",
+            )
+        await self.repository.unload(name)
+
+    async def infer_tensors(
+        self,
+        name: str,
+        version: str,
+        inputs: Sequence[Tensor],
+        outputs: Sequence[str],
+        caller_deadline: float | None,
+    ) -> tuple[LoadedModel, list[Tensor]]:
+        """Run a loaded model on raw tensors (the Open Inference Protocol's ModelInfer).
+
+        The model's input must be FP32 [N, width]; outputs default to all of them.
+        """
+        model = self.repository.get(name, parse_version(version))
+        expected = {t.name: t for t in model.runtime.inputs}
+        given = {t.name: t for t in inputs}
+        missing = sorted(set(expected) - set(given))
+        if missing:
+            raise invalid(f"model {model.key}: missing input(s) {missing}")
+        unknown = sorted(set(given) - set(expected))
+        if unknown:
+            raise invalid(
+                f"model {model.key}: no input named {unknown}; inputs are {sorted(expected)}"
+            )
+        feeds = {}
+        for tensor in inputs:
+            spec = expected[tensor.name]
+            if tensor.datatype != spec.dtype:
+                raise invalid(
+                    f"input {tensor.name!r}: datatype {tensor.datatype}, model expects {spec.dtype}"
+                )
+            if tensor.data.ndim != len(spec.shape) or any(
+                want not in (-1, got)
+                for want, got in zip(spec.shape, tensor.data.shape, strict=True)
+            ):
+                raise invalid(
+                    f"input {tensor.name!r}: shape {list(tensor.data.shape)} does not fit "
+                    f"the model's {list(spec.shape)}"
+                )
+            feeds[tensor.name] = tensor.data
+        known_outputs = {t.name: t for t in model.runtime.outputs}
+        for out in outputs:
+            if out not in known_outputs:
+                names = sorted(known_outputs)
+                raise invalid(f"model {model.key}: no output named {out!r}; outputs are {names}")
+        if caller_deadline is not None and caller_deadline <= time.monotonic():
+            raise DeadlineExpired("the call's deadline passed before the model ran")
+        try:
+            values = await model.batcher.run_in_worker(model.runtime.run, feeds, outputs)
+        except Exception as exc:  # ONNX Runtime's own errors carry the model's reason
+            raise BackendFailure(f"model {model.key} failed: {exc}") from exc
+        return model, [
+            Tensor(out, known_outputs[out].dtype, value) for out, value in values.items()
+        ]
+
+    def _assign(self, table: RouteTable, columns: Columns, i: int, route_name: str) -> Assignment:
+        keys = {name: str(columns[name][i]) for name in ROUTING_SOURCES if name in columns}
+        try:
+            return decide(table, keys, self._bucket_of, route_name)
+        except LookupError as exc:
+            raise GatewayError(ErrorKind.NOT_FOUND, str(exc)) from exc
+
+    async def _score_group(
+        self,
+        model: LoadedModel,
+        batch: TransactionBatch,
+        rows: list[int],
+        assignments: list[Assignment],
+        deadline: float,
+        budget: float,
+    ) -> tuple[npt.NDArray[np.float64] | None, FallbackReason | None]:
+        columns = batch.columns
+        if len(rows) != len(batch):
+            index = np.asarray(rows)
+            columns = {name: values[index] for name, values in columns.items()}
+        features = model.encoder.encode(columns)
+        try:
+            future = model.batcher.submit(features, deadline)
+        except Overloaded:
+            return None, self._covered(assignments[rows[0]].route, FallbackReason.OVERLOAD)
+        remaining = deadline - time.monotonic()
+        try:
+            scores = await asyncio.wait_for(future, max(remaining, 0.0))
+        except (TimeoutError, DeadlineExpired) as exc:
+            if deadline < budget:
+                # The caller's own deadline passed: nobody is waiting for a fallback.
+                raise DeadlineExpired(
+                    f"the call's deadline passed before model {model.key} answered"
+                ) from exc
+            return None, self._covered(assignments[rows[0]].route, FallbackReason.TIMEOUT)
+        except BackendFailure:
+            return None, self._covered(assignments[rows[0]].route, FallbackReason.BACKEND_ERROR)
+        return scores, None
+
+    @staticmethod
+    def _covered(route: RouteSpec, reason: FallbackReason) -> FallbackReason:
+        """Return ``reason`` when the route answers it with a fallback, else raise."""
+        if _TRIGGER[reason] in route.fallback.on:
+            return reason
+        if reason is FallbackReason.OVERLOAD:
+            raise Overloaded(f"route {route.name!r}: the model's queue is full")
+        if reason is FallbackReason.TIMEOUT:
+            raise DeadlineExpired(
+                f"route {route.name!r}: no model answer within {route.deadline_ms} ms"
+            )
+        raise BackendFailure(f"route {route.name!r}: the model failed")
+
+    @staticmethod
+    def _fallback(
+        batch: TransactionBatch,
+        i: int,
+        assignment: Assignment,
+        reason: FallbackReason,
+        config_version: int,
+    ) -> ScoreResult:
+        return ScoreResult(
+            transaction_id=batch.transaction_ids[i],
+            score=0.0,
+            decision=assignment.route.fallback.decision,
+            model_name=assignment.arm.model,
+            model_version=assignment.arm.version,
+            arm=assignment.arm.role,
+            source=DecisionSource.FALLBACK,
+            route=assignment.route.name,
+            config_version=config_version,
+            fallback_reason=reason,
+        )
+
+
+_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor of the Open Inference Protocol, decoded."""
+
+    name: str
+    datatype: str
+    data: npt.NDArray[np.generic]
+
+
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
+    """Build a tensor from little-endian row-major bytes, checking size against shape."""
+    dtype = _DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid(f"input {name!r}: datatype {datatype!r} is not supported; use FP32")
+    if any(d < 0 for d in shape):
+        raise invalid(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    count = int(np.prod(shape)) if shape else 1
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) != count * itemsize:
+        raise invalid(
+            f"input {name!r}: {len(raw)} bytes do not hold shape {list(shape)} of {datatype} "
+            f"({count * itemsize} bytes)"
+        )
+    data = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    return Tensor(name, datatype, data.astype(dtype, copy=False))
+
+
+def check_batch_size(n: int, limit: int) -> None:
+    """Refuse empty batches and batches over the server's limit."""
+    if n == 0:
+        raise invalid("transactions is empty: send at least one transaction")
+    if n > limit:
+        raise GatewayError(
+            ErrorKind.INVALID_ARGUMENT,
+            f"transactions has {n} entries, more than max_batch_transactions={limit}",
+        )

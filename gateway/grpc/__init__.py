@@ -1,0 +1,1 @@
+"""Thin gRPC transports: convert wire messages, call the data plane, map errors."""

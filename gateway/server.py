@@ -1,0 +1,303 @@
+"""Server assembly and lifecycle: data plane, admin plane, health, metrics, workers.
+
+``Server`` is the unit tests start: ``await server.start()`` binds (port 0 picks a
+free one, see ``bound_port``), loads and warms the models, then reports SERVING on
+grpc.health.v1; ``await server.stop(grace)`` drains. ``run`` adds signal handling
+and ``serve`` adds worker processes sharing the port with SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# grpc-stubs does not know the asyncio health servicer.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from gateway.backends.onnxruntime import preferred_providers
+from gateway.dataplane import DataPlane
+from gateway.features.dispatch import make_hashing
+from gateway.grpc.admin import AdminServicer
+from gateway.grpc.auth import BearerTokenInterceptor
+from gateway.grpc.inference import InferenceServicer
+from gateway.grpc.scoring import ScoringServicer
+from gateway.http import HttpEndpoint
+from gateway.models.repository import ModelRepository
+from gateway.settings import Settings
+from inference import grpc_service_pb2, grpc_service_pb2_grpc
+from riskwire.admin.v1 import admin_pb2_grpc
+from riskwire.v1 import scoring_pb2, scoring_pb2_grpc
+from router.routes import RouteTable, default_table, load_table_file
+from router.store import RouteStore
+
+log = logging.getLogger("riskwire.server")
+
+DATA_SERVICES = (
+    scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name,
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+)
+
+
+class Server:
+    """One riskwire worker: its own event loop, model sessions and ports."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(
+            settings.models.repository,
+            settings.batching,
+            settings.encoder,
+            preferred_providers(settings.models.use_gpu),
+        )
+        self.dataplane: DataPlane | None = None
+        self.health = health_aio.HealthServicer()
+        self._data_server: grpc.aio.Server | None = None
+        self._admin_server: grpc.aio.Server | None = None
+        self._http: HttpEndpoint | None = None
+        self._ready = False
+        self.bound_port = 0
+        self.admin_port = 0
+        self.metrics_port = 0
+        self.admin_token = ""
+        self.encoder_implementation = ""
+
+    @property
+    def ready(self) -> bool:
+        """Models loaded and warmed, and the data plane accepting calls."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Load the models and the routes, bind every port, then report SERVING."""
+        s = self.settings
+        table = await self._load_models_and_routes()
+        hashing = make_hashing(s.encoder)
+        implementation = hashing.implementation
+        self.encoder_implementation = implementation
+        routes = RouteStore(table, self._route_problems)
+        self.dataplane = DataPlane(self.repository, routes, hashing.bucket)
+
+        self._data_server = grpc.aio.server(options=self._grpc_options())
+        scoring_pb2_grpc.add_ScoringServicer_to_server(
+            ScoringServicer(self.dataplane, s.grpc.max_batch_transactions), self._data_server
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane, lambda: self._ready), self._data_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._data_server)
+        if s.grpc.reflection:
+            reflection.enable_server_reflection(
+                (
+                    *DATA_SERVICES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self._data_server,
+            )
+        self.bound_port = self._data_server.add_insecure_port(f"{s.grpc.host}:{s.grpc.port}")
+        if self.bound_port == 0:
+            raise OSError(f"could not bind the data plane to {s.grpc.host}:{s.grpc.port}")
+        await self._data_server.start()
+
+        if s.admin.enabled:
+            self.admin_token = self._admin_token()
+            self._admin_server = grpc.aio.server(
+                interceptors=[BearerTokenInterceptor(self.admin_token)],
+                options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
+            )
+            admin_pb2_grpc.add_AdminServicer_to_server(
+                AdminServicer(self.dataplane, implementation), self._admin_server
+            )
+            address = f"{s.admin.host}:{s.admin.port}"
+            self.admin_port = self._admin_server.add_insecure_port(address)
+            if self.admin_port == 0:
+                raise OSError(f"could not bind the admin plane to {address}")
+            await self._admin_server.start()
+
+        if s.metrics.enabled:
+            self._http = HttpEndpoint(self.repository, lambda: self._ready)
+            self.metrics_port = await self._http.start(
+                s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
+            )
+
+        self._ready = True
+        for service in ("", *DATA_SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "riskwire serving on %s:%d (admin %d, metrics %d, encoder %s, models %s)",
+            s.grpc.host,
+            self.bound_port,
+            self.admin_port,
+            self.metrics_port,
+            implementation,
+            [m.key for m in self.repository.loaded()],
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight calls finish for ``grace`` s."""
+        grace = self.settings.drain_grace_s if grace is None else grace
+        self._ready = False
+        await self.health.enter_graceful_shutdown()
+        if self._data_server is not None:
+            await self._data_server.stop(grace)
+        if self._admin_server is not None:
+            await self._admin_server.stop(0)
+        if self._http is not None:
+            await self._http.stop()
+        await self.repository.close()
+
+    async def wait_for_termination(self) -> None:
+        if self._data_server is not None:
+            await self._data_server.wait_for_termination()
+
+    def _grpc_options(self) -> list[tuple[str, Any]]:
+        g = self.settings.grpc
+        return [
+            ("grpc.max_receive_message_length", g.max_message_bytes),
+            ("grpc.max_send_message_length", g.max_message_bytes),
+            ("grpc.max_concurrent_streams", g.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", g.keepalive_time_ms),
+            # Workers share the port; a lone server must fail loudly on a taken port.
+            ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
+        ]
+
+    async def _load_models_and_routes(self) -> RouteTable:
+        s = self.settings
+        table = load_table_file(s.routes_file) if s.routes_file is not None else None
+        if s.models.load_all:
+            for name, version in self.repository.available():
+                await self.repository.load(name, version)
+        if table is None:
+            model = await self.repository.load(s.models.champion)
+            table = default_table(model.name, model.version)
+        for route in table.routes:
+            for model_name, version in route.targets():
+                await self.repository.load(model_name, version)
+        return table
+
+    def _route_problems(self, table: RouteTable) -> list[str]:
+        def available(name: str, version: int) -> str | None:
+            try:
+                model = self.repository.get(name, version)
+            except Exception:
+                return "not loaded"
+            if self.settings.models.require_approval and model.card.approval.status != "approved":
+                return f"approval is {model.card.approval.status!r}, not 'approved'"
+            return None
+
+        return table.problems_against(available)
+
+    def _admin_token(self) -> str:
+        token_file = self.settings.admin.token_file
+        if token_file is not None:
+            token = token_file.read_text().strip()
+            if not token:
+                raise ValueError(f"admin token file {token_file} is empty")
+            return token
+        path = self.settings.state_dir / "admin.token"
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        return token
+
+
+async def _run(settings: Settings, announce: bool) -> None:
+    server = Server(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    if announce:
+        # Scripts and tests read these lines to find the ports (port 0 binds a free one).
+        print(f"PORT {server.bound_port}", flush=True)
+        print(f"ADMIN_PORT {server.admin_port}", flush=True)
+        print(f"METRICS_PORT {server.metrics_port}", flush=True)
+    await stopping.wait()
+    log.info("draining for up to %.1f s", settings.drain_grace_s)
+    await server.stop()
+
+
+def run(settings: Settings, announce: bool = True) -> None:
+    """Run one worker until SIGTERM / SIGINT, then drain."""
+    if settings.uvloop:
+        import uvloop
+
+        uvloop.run(_run(settings, announce))
+    else:
+        asyncio.run(_run(settings, announce))
+
+
+def _worker_main(settings_json: str, announce: bool) -> None:
+    settings = Settings.model_validate_json(settings_json)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{os.getpid()} %(message)s")
+    run(settings, announce)
+
+
+def _reserve_port(host: str) -> socket.socket:
+    """Bind (not listen) a SO_REUSEPORT socket on a free port that workers then share.
+
+    Holding it open until the workers have bound keeps the port ours without the
+    bind-close-rebind race.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+def serve(settings: Settings) -> int:
+    """Run ``settings.workers`` processes on one port; forward SIGTERM; return the exit code."""
+    if settings.workers == 1:
+        run(settings)
+        return 0
+    reserved = []
+    overrides: dict[str, dict[str, int]] = {}
+    for section in ("grpc", "admin", "metrics"):
+        part = getattr(settings, section)
+        if part.port == 0:
+            sock = _reserve_port(part.host)
+            reserved.append(sock)
+            overrides[section] = {"port": sock.getsockname()[1]}
+    if overrides:
+        data = settings.model_dump()
+        for section, values in overrides.items():
+            data[section].update(values)
+        settings = Settings.model_validate(data)
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=_worker_main, args=(settings.model_dump_json(), i == 0), name=f"riskwire-{i}"
+        )
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    for sock in reserved:
+        sock.close()
+    failed = [w.exitcode for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
+    return 1 if failed else 0

@@ -1,0 +1,166 @@
+"""Server settings: documented, validated, from defaults, a YAML file and RISKWIRE_* env.
+
+Precedence, highest first: command-line flags (applied by ``gateway.cli``), the
+environment (``RISKWIRE_GRPC__PORT=50061``: nested sections use ``__``), the YAML
+file given with ``--config``, then the embedded defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GrpcSettings(_Section):
+    """The data plane (riskwire.v1.Scoring, Open Inference Protocol, health, reflection)."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 in a container."""
+    port: int = Field(50051, ge=0, le=65535)
+    """Data-plane port; 0 picks a free port (tests), printed as ``PORT <n>`` when serving."""
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request or response frame accepted, in bytes."""
+    max_batch_transactions: int = Field(1024, ge=1)
+    """Most transactions one ScoreBatch call may carry."""
+    max_concurrent_streams: int = Field(1024, ge=1)
+    """HTTP/2 streams per connection."""
+    keepalive_time_ms: int = Field(30_000, ge=1000)
+    """Interval of server keepalive pings on idle connections."""
+    reflection: bool = True
+    """Serve gRPC server reflection (grpcurl, grpcui)."""
+
+
+class AdminSettings(_Section):
+    """The admin plane (riskwire.admin.v1.Admin): its own port, bearer-token auth."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(50052, ge=0, le=65535)
+    """Admin port; never the data-plane port."""
+    token_file: Path | None = None
+    """File holding the bearer token. Unset: a random token is made at start and
+    written to ``<state_dir>/admin.token`` (mode 0600)."""
+
+
+class MetricsSettings(_Section):
+    """HTTP endpoint for /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class BatchingSettings(_Section):
+    """Per-model dynamic batcher defaults (a model card may not override these yet)."""
+
+    max_batch: int = Field(16, ge=1, le=4096)
+    """Rows per ONNX Runtime call. Trees are cheapest per row near 16 on this class of
+    machine (benchmarks/micro/ort_batch.py); past 32-48 rows the per-row cost triples."""
+    max_delay_us: int = Field(0, ge=0, le=1_000_000)
+    """How long a partial batch waits for more rows. 0: dispatch at once when the
+    model is idle; rows that arrive while it is busy still batch together."""
+    queue_rows: int = Field(4096, ge=1)
+    """Most rows waiting per model; beyond it requests are shed by route policy."""
+    intra_op_threads: int = Field(1, ge=1)
+    """ONNX Runtime intra-op threads per session; 1 avoids spinning OpenMP-style pools."""
+    warmup_batches: int = Field(8, ge=0)
+    """Batches of each size run at load so the first live call is not the slow one."""
+
+
+class ModelSettings(_Section):
+    repository: Path = Path("var/models")
+    """Model repository: ``<name>/<version>/{model.onnx, card.yaml}``."""
+    require_approval: bool = True
+    """Refuse to route live traffic to a model whose card is not approved."""
+    load_all: bool = True
+    """Load every model in the repository at start; otherwise only those the routes use."""
+    champion: str = "fraud-gbdt"
+    """The model (newest version) the embedded default route sends all traffic to when
+    no routes_file is set."""
+    use_gpu: bool = False
+    """Ask ONNX Runtime for TensorRT / CUDA providers first when this build has them."""
+
+
+class Settings(BaseSettings):
+    """Everything ``riskwire serve`` needs, with embedded defaults that run the demo."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RISKWIRE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    grpc: GrpcSettings = GrpcSettings()
+    admin: AdminSettings = AdminSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    batching: BatchingSettings = BatchingSettings()
+    models: ModelSettings = ModelSettings()
+    routes_file: Path | None = None
+    """Routes YAML; unset: one default route to the repository's champion."""
+    state_dir: Path = Path("var/state")
+    """Where the server keeps files it writes (admin token)."""
+    encoder: Literal["auto", "native", "python"] = "auto"
+    """Feature encoder: native C++, the Python reference, or native when built.
+    RISKWIRE_PURE_PYTHON=1 forces python."""
+    workers: int = Field(1, ge=1, le=256)
+    """Server processes sharing the data port with SO_REUSEPORT."""
+    drain_grace_s: float = Field(10.0, ge=0.0)
+    """On SIGTERM: stop accepting, then let in-flight calls finish for this long."""
+    uvloop: bool = True
+    """Run the event loop on uvloop (11-13% more throughput, MEASURED.md)."""
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> Settings:
+        ports = [self.grpc.port]
+        if self.admin.enabled:
+            ports.append(self.admin.port)
+        if self.metrics.enabled:
+            ports.append(self.metrics.port)
+        fixed = [p for p in ports if p != 0]
+        if len(fixed) != len(set(fixed)):
+            raise ValueError(f"grpc, admin and metrics ports must differ, got {ports}")
+        return self
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from an optional YAML file, the environment and explicit overrides.
+
+    Args:
+        config_file: YAML with the same sections as :class:`Settings`.
+        overrides: dotted keys (``grpc.port``) or top-level names, from the CLI; the
+            highest precedence.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping at the top level")
+        data = loaded
+    env_view = Settings.model_validate(data) if data else Settings()
+    merged = env_view.model_dump()
+    # The environment wins over the file: re-read it on top of the file's values.
+    env_only = Settings().model_dump(exclude_defaults=True)
+    _deep_update(merged, env_only)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return Settings.model_validate(merged)
+
+
+def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,137 @@
+"""The dynamic batcher: batches concurrent calls, never runs expired rows, sheds when full."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from gateway.backends.batching import DynamicBatcher
+from gateway.errors import BackendFailure, DeadlineExpired, Overloaded
+
+
+class RecordingModel:
+    """Scores a row as the sum of its features; records every call's row count."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.calls: list[int] = []
+        self.hold = hold
+
+    def __call__(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        if self.hold is not None:
+            self.hold.wait(10)
+        self.calls.append(rows.shape[0])
+        return rows.sum(axis=1).astype(np.float64)
+
+
+def rows(*values: float) -> npt.NDArray[np.float32]:
+    return np.array([[v, 0.0] for v in values], dtype=np.float32)
+
+
+def test_each_caller_gets_its_own_scores() -> None:
+    model = RecordingModel()
+
+    async def run() -> list[npt.NDArray[np.float64]]:
+        batcher = DynamicBatcher("m/1", model, max_batch=8, max_delay_us=2000, queue_rows=100)
+        batcher.start()
+        futures = [batcher.submit(rows(float(i), float(i) + 0.5)) for i in range(4)]
+        results = await asyncio.gather(*futures)
+        await batcher.close()
+        return list(results)
+
+    results = asyncio.run(run())
+    for i, scores in enumerate(results):
+        np.testing.assert_array_equal(scores, [i, i + 0.5])
+    assert model.calls == [8]  # four callers, one model call
+
+
+def test_rows_arriving_while_busy_form_the_next_batch() -> None:
+    hold = threading.Event()
+    model = RecordingModel(hold)
+
+    async def run() -> None:
+        batcher = DynamicBatcher("m/1", model, max_batch=16, max_delay_us=0, queue_rows=100)
+        batcher.start()
+        first = batcher.submit(rows(1.0))
+        await asyncio.sleep(0.05)  # let the dispatcher take it and block in the model
+        rest = [batcher.submit(rows(float(i))) for i in range(5)]
+        hold.set()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+
+    asyncio.run(run())
+    assert model.calls == [1, 5]
+
+
+def test_expired_rows_are_never_run() -> None:
+    model = RecordingModel()
+
+    async def run() -> None:
+        batcher = DynamicBatcher("m/1", model, max_batch=8, max_delay_us=20_000, queue_rows=100)
+        batcher.start()
+        expired = batcher.submit(rows(1.0), deadline=time.monotonic() + 0.001)
+        live = batcher.submit(rows(2.0), deadline=time.monotonic() + 10)
+        with pytest.raises(DeadlineExpired):
+            await expired
+        np.testing.assert_array_equal(await live, [2.0])
+        assert batcher.stats.expired == 1
+        await batcher.close()
+
+    asyncio.run(run())
+    assert model.calls == [1]
+
+
+def test_a_full_queue_sheds() -> None:
+    hold = threading.Event()
+
+    async def run() -> None:
+        batcher = DynamicBatcher(
+            "m/1", RecordingModel(hold), max_batch=2, max_delay_us=0, queue_rows=3
+        )
+        batcher.start()
+        first = batcher.submit(rows(1.0))
+        await asyncio.sleep(0.05)  # the model holds the first batch
+        queued = batcher.submit(rows(1.0, 2.0, 3.0))
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.submit(rows(4.0))
+        assert batcher.stats.shed == 1
+        hold.set()
+        await asyncio.gather(first, queued)
+        await batcher.close()
+
+    asyncio.run(run())
+
+
+def test_large_requests_run_in_max_batch_chunks() -> None:
+    model = RecordingModel()
+
+    async def run() -> npt.NDArray[np.float64]:
+        batcher = DynamicBatcher("m/1", model, max_batch=4, max_delay_us=0, queue_rows=100)
+        batcher.start()
+        result = await batcher.submit(rows(*range(10)))
+        await batcher.close()
+        return result
+
+    np.testing.assert_array_equal(asyncio.run(run()), np.arange(10, dtype=np.float64))
+    assert model.calls == [4, 4, 2]
+
+
+def test_model_failure_reaches_every_caller() -> None:
+    def broken(_: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        raise RuntimeError("onnx exploded")
+
+    async def run() -> None:
+        batcher = DynamicBatcher("m/1", broken, max_batch=8, max_delay_us=1000, queue_rows=100)
+        batcher.start()
+        futures = [batcher.submit(rows(1.0)) for _ in range(3)]
+        for future in futures:
+            with pytest.raises(BackendFailure, match="onnx exploded"):
+                await future
+        assert batcher.stats.failures == 1
+        await batcher.close()
+
+    asyncio.run(run())
