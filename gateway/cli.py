@@ -72,8 +72,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from gateway.data.synth import SynthOptions, generate, parse_channel_mix
-    from gateway.data.table import write_table
+    from gateway.data.synth import SynthOptions, parse_channel_mix, write_dataset
+    from gateway.data.table import read_table
 
     options = SynthOptions(
         fraud_rate=args.fraud_rate,
@@ -83,11 +83,10 @@ def _generate(args: argparse.Namespace) -> int:
         attribute_label_correlation=args.attribute_label_correlation,
         days=args.days,
     )
-    table = generate(args.rows, args.seed, options)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(table, args.out)
-    labels = table["label"]
-    print(f"wrote {args.rows} rows to {args.out} (fraud rate {labels.mean():.4f})")
+    path = write_dataset(args.out, args.rows, args.seed, options)
+    labels = read_table(path)["label"]
+    print(f"wrote {args.rows} rows to {path} (fraud rate {labels.mean():.4f})")
     return 0
 
 
@@ -182,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
         print(f"riskwire: {error}", file=sys.stderr)
         return 2
     return code

@@ -1,0 +1,1 @@
+"""Transaction data: the generator's CSV table and the synthetic transaction generator."""
