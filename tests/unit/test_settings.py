@@ -1,0 +1,37 @@
+"""Settings precedence: flags over environment over file over embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import Settings, load_settings
+
+
+def test_embedded_defaults_match_the_design_ports() -> None:
+    settings = Settings()
+    assert (settings.grpc.port, settings.admin.port, settings.metrics.port) == (50051, 50052, 9464)
+    assert settings.batching.max_batch == 16
+
+
+def test_file_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "riskwire.yaml"
+    config.write_text("grpc: {port: 6000, max_batch_transactions: 64}\nbatching: {max_batch: 8}\n")
+    assert load_settings(config).grpc.port == 6000
+    monkeypatch.setenv("RISKWIRE_GRPC__PORT", "7000")
+    settings = load_settings(config)
+    assert settings.grpc.port == 7000
+    assert settings.grpc.max_batch_transactions == 64  # untouched by the environment
+    assert settings.batching.max_batch == 8
+    assert load_settings(config, **{"grpc.port": 8000}).grpc.port == 8000
+
+
+def test_unknown_keys_and_clashing_ports_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("grpc: {prot: 1}\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(config)
+    with pytest.raises(ValidationError, match="ports must differ"):
+        load_settings(None, **{"admin.port": 50051})
