@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
-from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "protos"
@@ -58,19 +56,6 @@ def generate_protos() -> None:
             package_dir = package_dir.parent
 
 
-class BuildPyWithProtos(build_py):
-    def run(self) -> None:
-        generate_protos()
-        super().run()
-
-
-class BuildExtWithProtos(build_ext):
-    # Editable installs run build_ext in place without build_py: generate here too.
-    def run(self) -> None:
-        generate_protos()
-        super().run()
-
-
 def extensions() -> list[Extension]:
     import numpy
     import pybind11
@@ -88,14 +73,15 @@ def extensions() -> list[Extension]:
         ["native/cython/glue.pyx"],
         include_dirs=[numpy.get_include(), "native/cython"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O2"],
+        # The Transaction reader computes amount and amount_usd, which must equal
+        # gateway/features/currency.py bit for bit: no fused multiply-add there either.
+        extra_compile_args=["-O2", "-ffp-contract=off"],
     )
     return [encoder, *cythonize([glue], language_level=3, quiet=True)]
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    setup(
-        ext_modules=extensions(),
-        cmdclass={"build_py": BuildPyWithProtos, "build_ext": BuildExtWithProtos},
-    )
+    # Before setup(): the generated packages must exist when setuptools lists the
+    # packages, even for metadata alone (a fresh clone has none of them).
+    generate_protos()
+    setup(ext_modules=extensions())
