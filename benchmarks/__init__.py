@@ -1,0 +1,1 @@
+"""Benchmarks: micro/ (in-process timings) and load/ (drive a running server)."""
