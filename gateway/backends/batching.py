@@ -2,12 +2,21 @@
 
 Rows wait in a bounded queue with their deadline. A dispatcher task takes up to
 ``max_batch`` rows (waiting at most ``max_delay_us`` for a partial batch), drops
-those whose deadline has passed, and runs the rest in the model's worker thread,
-where ONNX Runtime releases the GIL. One batch is in flight per model at a time,
-so calls that arrive while the model is busy form the next batch by themselves.
+those whose deadline has passed, and runs the rest. One batch is in flight per model
+at a time, so calls that arrive while the model is busy form the next batch.
 
-An ONNX Runtime call made per request costs 20-30 us inside a server against 6 us
-alone (MEASURED.md); batching across concurrent calls is how that cost is shared.
+Where a batch runs: batches of up to ``inline_max_rows`` rows run on the event-loop
+thread; larger ones in the model's worker thread, where ONNX Runtime releases the
+GIL. A tree ensemble scores 16 rows in ~16 us, while handing a batch to a thread
+and back needs the GIL twice: under load the event loop holds it and the worker
+waits up to ``sys.getswitchinterval()`` (5 ms) for it, which capped throughput at a
+third of the bare server's (benchmarks/load/compare.py, 2026-11-28). An ONNX Runtime
+call per request costs 20-30 us inside a server against 6 us alone (MEASURED.md);
+batching across concurrent calls is how that cost is shared.
+
+Every request's deadline is armed as a loop timer: when it fires before the scores
+arrive, the caller gets DeadlineExpired at once (and the row is skipped if still
+queued), without a per-request ``wait_for`` task.
 """
 
 from __future__ import annotations
@@ -34,6 +43,14 @@ class _Pending:
     rows: npt.NDArray[np.float32]
     deadline: float  # time.monotonic() seconds; inf when none
     future: asyncio.Future[npt.NDArray[np.float64]]
+    timer: asyncio.TimerHandle | None
+
+
+def _expire(pending: _Pending, name: str) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(
+            DeadlineExpired(f"deadline passed before model {name} answered")
+        )
 
 
 @dataclass(slots=True)
@@ -57,6 +74,8 @@ class DynamicBatcher:
         max_batch: rows per model call.
         max_delay_us: how long a partial batch may wait for more rows.
         queue_rows: most rows waiting; ``submit`` beyond it raises Overloaded.
+        inline_max_rows: batches up to this many rows run on the event-loop thread;
+            0 sends every batch to the worker thread.
     """
 
     def __init__(
@@ -67,8 +86,10 @@ class DynamicBatcher:
         max_batch: int,
         max_delay_us: int,
         queue_rows: int,
+        inline_max_rows: int = 64,
     ) -> None:
         self.name = name
+        self.inline_max_rows = inline_max_rows
         self._score = score
         self.max_batch = max_batch
         self._max_delay_s = max_delay_us / 1e6
@@ -122,8 +143,13 @@ class DynamicBatcher:
                 f"model {self.name} queue is full ({self._queued_rows} of "
                 f"{self.queue_rows} rows waiting)"
             )
-        future: asyncio.Future[npt.NDArray[np.float64]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(rows, deadline, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[npt.NDArray[np.float64]] = loop.create_future()
+        pending = _Pending(rows, deadline, future, None)
+        if deadline != float("inf"):
+            # loop.time() is time.monotonic() on asyncio and uvloop alike.
+            pending.timer = loop.call_at(deadline, _expire, pending, self.name)
+        self._queue.append(pending)
         self._queued_rows += k
         self._wakeup.set()
         return future
@@ -144,11 +170,15 @@ class DynamicBatcher:
                 continue
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
             try:
-                scores = await loop.run_in_executor(self._executor, self._run_chunked, rows)
+                if rows.shape[0] <= self.inline_max_rows:
+                    scores = self._run_chunked(rows)
+                else:
+                    scores = await loop.run_in_executor(self._executor, self._run_chunked, rows)
             except Exception as exc:  # the runtime's own errors: answered, never raised here
                 self.stats.failures += 1
                 failure = BackendFailure(f"model {self.name} failed: {exc}")
                 for pending in batch:
+                    self._settle(pending)
                     if not pending.future.done():
                         pending.future.set_exception(failure)
                 continue
@@ -158,9 +188,19 @@ class DynamicBatcher:
             start = 0
             for pending in batch:
                 end = start + pending.rows.shape[0]
-                if not pending.future.done():  # the caller may have gone
+                self._settle(pending)
+                if not pending.future.done():  # expired or the caller went away
                     pending.future.set_result(scores[start:end])
                 start = end
+            if rows.shape[0] <= self.inline_max_rows:
+                # Inline batches never yielded: let the answered calls go out first.
+                await asyncio.sleep(0)
+
+    @staticmethod
+    def _settle(pending: _Pending) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
 
     async def _wait_for_more(self, delay_s: float) -> None:
         deadline = time.monotonic() + delay_s
@@ -186,14 +226,14 @@ class DynamicBatcher:
                 break
             self._queue.popleft()
             self._queued_rows -= k
-            if pending.future.done():  # cancelled by a caller that went away
-                continue
-            if pending.deadline <= now:
-                # Never spend model time on an answer nobody can use.
-                self.stats.expired += 1
-                pending.future.set_exception(
-                    DeadlineExpired(f"deadline passed while queued for model {self.name}")
-                )
+            if pending.deadline <= now or pending.future.done():
+                # Never spend model time on an answer nobody can use: expired (the
+                # timer may not have fired yet) or cancelled by a caller that went away.
+                self._settle(pending)
+                if not pending.future.done():
+                    _expire(pending, self.name)
+                if pending.deadline <= now:
+                    self.stats.expired += 1
                 continue
             batch.append(pending)
             taken += k

@@ -180,5 +180,6 @@ class ModelRepository:
             max_batch=batching.max_batch,
             max_delay_us=batching.max_delay_us,
             queue_rows=batching.queue_rows,
+            inline_max_rows=batching.inline_max_rows,
         )
         return LoadedModel(card, spec, runtime, encoder, batcher, path)

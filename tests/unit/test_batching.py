@@ -54,7 +54,10 @@ def test_rows_arriving_while_busy_form_the_next_batch() -> None:
     model = RecordingModel(hold)
 
     async def run() -> None:
-        batcher = DynamicBatcher("m/1", model, max_batch=16, max_delay_us=0, queue_rows=100)
+        # The worker thread (inline_max_rows=0): the held model must not block the loop.
+        batcher = DynamicBatcher(
+            "m/1", model, max_batch=16, max_delay_us=0, queue_rows=100, inline_max_rows=0
+        )
         batcher.start()
         first = batcher.submit(rows(1.0))
         await asyncio.sleep(0.05)  # let the dispatcher take it and block in the model
@@ -65,6 +68,56 @@ def test_rows_arriving_while_busy_form_the_next_batch() -> None:
 
     asyncio.run(run())
     assert model.calls == [1, 5]
+
+
+@pytest.mark.parametrize("inline_max_rows", [0, 64], ids=["worker-thread", "inline"])
+def test_inline_and_worker_thread_give_the_same_scores(inline_max_rows: int) -> None:
+    model = RecordingModel()
+
+    async def run() -> list[npt.NDArray[np.float64]]:
+        batcher = DynamicBatcher(
+            "m/1",
+            model,
+            max_batch=4,
+            max_delay_us=1000,
+            queue_rows=100,
+            inline_max_rows=inline_max_rows,
+        )
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(rows(float(i))) for i in range(10)))
+        await batcher.close()
+        return list(results)
+
+    assert [float(r[0]) for r in asyncio.run(run())] == [float(i) for i in range(10)]
+    assert sum(model.calls) == 10
+
+
+def test_a_deadline_answers_the_caller_even_while_the_model_is_busy() -> None:
+    hold = threading.Event()
+
+    async def run() -> None:
+        batcher = DynamicBatcher(
+            "m/1",
+            RecordingModel(hold),
+            max_batch=1,
+            max_delay_us=0,
+            queue_rows=10,
+            inline_max_rows=0,
+        )
+        batcher.start()
+        busy = batcher.submit(rows(1.0))
+        await asyncio.sleep(0.05)  # the model holds the first row
+        started = time.monotonic()
+        waiting = batcher.submit(rows(2.0), deadline=time.monotonic() + 0.05)
+        with pytest.raises(DeadlineExpired):
+            await waiting
+        assert time.monotonic() - started < 5  # answered by the timer, not the model
+        hold.set()
+        await busy
+        await batcher.close()
+        assert batcher.stats.expired == 1  # and never run
+
+    asyncio.run(run())
 
 
 def test_expired_rows_are_never_run() -> None:
@@ -90,7 +143,12 @@ def test_a_full_queue_sheds() -> None:
 
     async def run() -> None:
         batcher = DynamicBatcher(
-            "m/1", RecordingModel(hold), max_batch=2, max_delay_us=0, queue_rows=3
+            "m/1",
+            RecordingModel(hold),
+            max_batch=2,
+            max_delay_us=0,
+            queue_rows=3,
+            inline_max_rows=0,
         )
         batcher.start()
         first = batcher.submit(rows(1.0))

@@ -90,9 +90,14 @@ def cat(*values: str) -> npt.NDArray[np.object_]:
 
 @pytest.fixture(params=["python", "native"])
 def mode(request: pytest.FixtureRequest) -> dispatch.EncoderMode:
-    """Runs a test over both encoders; native is skipped when the extension is not built."""
+    """Runs a test over both encoders; native is skipped when the extension is not built
+    or RISKWIRE_PURE_PYTHON forces python."""
     if request.param == "native" and dispatch.native_error() is not None:
         pytest.skip(f"native extension not built: {dispatch.native_error()}")
+    if request.param == "native" and dispatch.pure_python_forced():
+        pytest.skip(f"{dispatch.PURE_PYTHON_ENV} is set")
+    if request.param == "native" and dispatch.pure_python_forced():
+        pytest.skip("RISKWIRE_PURE_PYTHON=1: this run covers the reference only")
     return request.param  # type: ignore[no-any-return]
 
 
