@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,7 @@ from gateway.errors import (
     Overloaded,
     invalid,
 )
-from gateway.features.columns import Columns
+from gateway.features.columns import Transaction
 from gateway.models.repository import LoadedModel, ModelRepository
 from router.routes import (
     ArmRole,
@@ -32,12 +32,13 @@ from router.routes import (
     Decision,
     RouteSpec,
     RouteTable,
+    StickyKey,
     decide,
 )
 from router.store import RouteStore
 
-ROUTING_SOURCES = frozenset({"channel", "account_id", "card_id", "merchant_id", "device_id"})
-"""Columns the router reads: the route match and the sticky keys."""
+STICKY_KEYS: tuple[StickyKey, ...] = get_args(StickyKey)
+"""Transaction fields a route may name as its sticky key."""
 
 
 class DecisionSource(enum.StrEnum):
@@ -60,10 +61,15 @@ _TRIGGER = {
 
 @dataclass(frozen=True, slots=True)
 class TransactionBatch:
-    """Validated transactions, as feature-source columns (one row per transaction)."""
+    """Validated transactions: what the router reads, and what the encoders read."""
 
     transaction_ids: Sequence[str]
-    columns: Columns
+    routing_keys: Sequence[Mapping[str, str]]
+    """Per transaction, what the router reads: `channel` (the enum name, "" when unset)
+    and STICKY_KEYS, as plain strings."""
+    transactions: Sequence[Transaction]
+    """The protobuf Transactions, opaque to the data plane: they become features in one
+    place only, `Encoder.encode_transactions`."""
 
     def __len__(self) -> int:
         return len(self.transaction_ids)
@@ -133,14 +139,6 @@ class DataPlane:
         self.routes = routes
         self._bucket_of = bucket_of
 
-    @property
-    def required_sources(self) -> frozenset[str]:
-        """Every column some loaded model or the router reads."""
-        sources = set(ROUTING_SOURCES)
-        for model in self.repository.loaded():
-            sources |= model.spec.sources
-        return frozenset(sources)
-
     async def score(
         self,
         batch: TransactionBatch,
@@ -162,7 +160,7 @@ class DataPlane:
         versioned = self.routes.current
         n = len(batch)
         assignments = [
-            self._assign(versioned.table, batch.columns, i, options.route) for i in range(n)
+            self._assign(versioned.table, keys, options.route) for keys in batch.routing_keys
         ]
         # Group rows by the model version that scores them: one batcher call each.
         groups: dict[tuple[str, int], list[int]] = {}
@@ -276,8 +274,7 @@ class DataPlane:
             Tensor(out, known_outputs[out].dtype, value) for out, value in values.items()
         ]
 
-    def _assign(self, table: RouteTable, columns: Columns, i: int, route_name: str) -> Assignment:
-        keys = {name: str(columns[name][i]) for name in ROUTING_SOURCES if name in columns}
+    def _assign(self, table: RouteTable, keys: Mapping[str, str], route_name: str) -> Assignment:
         try:
             return decide(table, keys, self._bucket_of, route_name)
         except LookupError as exc:
@@ -292,11 +289,10 @@ class DataPlane:
         deadline: float,
         budget: float,
     ) -> tuple[npt.NDArray[np.float64] | None, FallbackReason | None]:
-        columns = batch.columns
+        txns = batch.transactions
         if len(rows) != len(batch):
-            index = np.asarray(rows)
-            columns = {name: values[index] for name, values in columns.items()}
-        features = model.encoder.encode(columns)
+            txns = [txns[i] for i in rows]
+        features = model.encoder.encode_transactions(txns)
         try:
             future = model.batcher.submit(features, deadline)
         except Overloaded:

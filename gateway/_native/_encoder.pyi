@@ -35,7 +35,12 @@ class Program:
     def hash_inputs(self) -> int: ...
     def encode(
         self,
-        numeric: Sequence[npt.NDArray[np.float64]],
-        hashes: Sequence[npt.NDArray[np.uint64]],
+        numeric: npt.NDArray[np.float64],
+        hashes: npt.NDArray[np.uint64],
         out: npt.NDArray[np.float32],
-    ) -> None: ...
+    ) -> None:
+        """Encodes len(out) rows into out (float32 [n, width], C-contiguous).
+
+        numeric is float64 [numeric_inputs, n] and hashes uint64 [hash_inputs, n], both
+        C-contiguous, one row per input. Releases the GIL for large batches.
+        """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from gateway.features import hashing, reference
+from gateway.features import currency, hashing, reference, transactions
+from gateway.features.columns import Transaction
 from gateway.features.spec import (
     Bucketize,
     Cyclical,
@@ -34,7 +35,7 @@ from gateway.features.spec import (
 
 if TYPE_CHECKING:
     # The stubs (gateway/_native/*.pyi) type the calls below even where nothing is built.
-    from gateway._native import _encoder
+    from gateway._native import _encoder, _glue
 
 EncoderMode: TypeAlias = Literal["auto", "native", "python"]
 Implementation: TypeAlias = Literal["native", "python"]
@@ -100,7 +101,7 @@ def _native() -> tuple[ModuleType, ModuleType]:
 
 
 class Encoder(Protocol):
-    """A feature spec compiled once; encodes Columns into float32 rows."""
+    """A feature spec compiled once; encodes Columns or Transactions into float32 rows."""
 
     @property
     def spec(self) -> FeatureSpec:
@@ -115,6 +116,16 @@ class Encoder(Protocol):
     ) -> npt.NDArray[np.float32]:
         """Returns float32 [n, spec.width] (`out` when given)."""
 
+    def encode_transactions(
+        self, txns: Sequence[Transaction], out: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Returns float32 [len(txns), spec.width] (`out` when given), equal to
+        `encode(columns_from_transactions(txns, spec.sources))`: the serving path.
+
+        Raises:
+            UnknownCurrencyError: An amount source meets a currency the gateway lacks.
+        """
+
 
 class PythonEncoder:
     """The numpy reference encoder behind the Encoder interface."""
@@ -123,6 +134,7 @@ class PythonEncoder:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self._spec = spec
+        self._columns = transactions.TransactionColumns(spec.sources)
 
     @property
     def spec(self) -> FeatureSpec:
@@ -135,13 +147,21 @@ class PythonEncoder:
         """Returns float32 [n, spec.width] (`out` when given)."""
         return reference.encode(self._spec, columns, out)
 
+    def encode_transactions(
+        self, txns: Sequence[Transaction], out: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Returns float32 [len(txns), spec.width] (`out` when given); see Encoder."""
+        return reference.encode(self._spec, self._columns(txns), out)
+
 
 class NativeEncoder:
     """The C++ encoder: the spec is compiled into a program of operations once.
 
-    Per call, categorical sources are hashed by the Cython glue (0 = missing), numeric
-    sources are handed over as float64 arrays, and the C++ loop fills the whole batch
-    with the GIL released.
+    Its inputs are two matrices, one row per input: float64 numeric sources (NaN =
+    missing) and uint64 column hashes of categorical sources (0 = missing). `encode`
+    builds them from Columns (the Cython glue hashes); `encode_transactions` has the
+    glue's TransactionReader read them from Transactions in one pass. The C++ loop then
+    fills the whole batch (with the GIL released when the batch is large).
     """
 
     implementation: Implementation = "native"
@@ -183,6 +203,14 @@ class NativeEncoder:
         if program.width != spec.width:  # pragma: no cover - a bug, not an input error
             raise AssertionError(f"native width {program.width} != spec width {spec.width}")
         self._program = program
+        self._width = spec.width
+        self._reader: _glue.TransactionReader = glue.TransactionReader(
+            [transactions.source_read(s) for s in self._numeric],
+            [(*transactions.source_read(s), prefix) for s, prefix in self._hashed],
+            transactions.CURRENCY_SCALES,
+            transactions.CHANNEL_VALUES,
+            currency.UnknownCurrencyError,
+        )
 
     def _num(self, source: str) -> int:
         if source not in self._numeric:
@@ -206,16 +234,54 @@ class NativeEncoder:
         """Returns float32 [n, spec.width] (`out` when given)."""
         n = reference.count_rows(self._needed, columns)
         result = reference.check_out(out, n, self._spec.width)
-        numeric = [np.ascontiguousarray(columns[s], dtype=np.float64) for s in self._numeric]
-        hashes = [
-            self._hash_column(np.asarray(columns[s], dtype=object), prefix)
-            for s, prefix in self._hashed
-        ]
+        numeric = np.empty((len(self._numeric), n), dtype=np.float64)
+        for i, source in enumerate(self._numeric):
+            numeric[i] = np.asarray(columns[source], dtype=np.float64)
+        hashes = np.empty((len(self._hashed), n), dtype=np.uint64)
+        for i, (source, prefix) in enumerate(self._hashed):
+            hashes[i] = self._hash_column(np.asarray(columns[source], dtype=object), prefix)
+        return self._run(numeric, hashes, result)
+
+    def encode_transactions(
+        self, txns: Sequence[Transaction], out: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Returns float32 [len(txns), spec.width] (`out` when given); see Encoder."""
+        # The serving path: a few microseconds per call, so no step that can be skipped.
+        if out is None:
+            numeric, hashes = self._reader.read(txns)
+            result = np.empty((len(txns), self._width), dtype=np.float32)
+            self._program.encode(numeric, hashes, result)
+            return result
+        result = reference.check_out(out, len(txns), self._width)
+        numeric, hashes = self._reader.read(txns)
+        return self._run(numeric, hashes, result)
+
+    def read_inputs(
+        self, txns: Sequence[Transaction]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint64]]:
+        """Returns the C++ loop's inputs for `txns` (numeric [k, n], hashes [m, n]).
+
+        For tests and benchmarks: row i of each is `input_sources[i]`'s column.
+        """
+        return self._reader.read(txns)
+
+    @property
+    def input_sources(self) -> tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]]:
+        """The numeric sources and the (categorical source, hash prefix) pairs, in the
+        order of the rows of the C++ loop's input matrices."""
+        return tuple(self._numeric), tuple(self._hashed)
+
+    def _run(
+        self,
+        numeric: npt.NDArray[np.float64],
+        hashes: npt.NDArray[np.uint64],
+        result: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32]:
         if result.flags.c_contiguous:
             self._program.encode(numeric, hashes, result)
         else:
             # The C++ loop writes row-major rows; a strided view gets a copy.
-            dense = np.empty((n, self._spec.width), dtype=np.float32)
+            dense = np.empty(result.shape, dtype=np.float32)
             self._program.encode(numeric, hashes, dense)
             result[...] = dense
         return result

@@ -37,7 +37,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
     ) -> pb.ScoreBatchResponse:
         received_ns = time.perf_counter_ns()
         check_batch_size(len(request.transactions), self._max_batch)
-        batch = batch_from_transactions(request.transactions, self._dataplane.required_sources)
+        batch = batch_from_transactions(request.transactions)
         options = ScoreOptions(explain=request.explain, route=request.route)
         results = await self._dataplane.score(batch, options, caller_deadline(context))
         return pb.ScoreBatchResponse(
@@ -84,9 +84,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         stream_index: int | None = None,
     ) -> pb.ScoreResponse:
         try:
-            batch = batch_from_transactions(
-                [request.transaction], self._dataplane.required_sources, single=True
-            )
+            batch = batch_from_transactions([request.transaction], single=True)
             options = ScoreOptions(explain=request.explain, route=request.route)
             (result,) = await self._dataplane.score(batch, options, deadline)
         except GatewayError as error:

@@ -3,7 +3,7 @@
 // A feature spec is compiled once (by gateway/features/dispatch.py) into a Program: a
 // list of Operations, one per feature. encode() then fills a whole batch of rows into a
 // caller-provided row-major float32 buffer, touching no Python object, so the bindings
-// run it with the GIL released.
+// can run it with the GIL released.
 //
 // The output must equal the numpy reference (gateway/features/reference.py) bit for bit:
 // - all arithmetic is float64 and cast to float32 once, using only operations IEEE 754

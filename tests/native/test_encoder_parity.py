@@ -7,142 +7,24 @@ uint32 bit patterns, so -0.0 vs 0.0 or a last-bit rounding difference fails.
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.features import dispatch, hashing
-from gateway.features.spec import FeatureSpec, parse_feature_spec, source_kind
-
-NATIVE_ERROR = dispatch.native_error()
-needs_native = pytest.mark.skipif(
-    NATIVE_ERROR is not None,
-    reason=f"native extension not built (pip install -e . or setup.py build_ext): {NATIVE_ERROR}",
+from gateway.features.spec import FeatureSpec, parse_feature_spec
+from tests.native.strategies import (
+    EXAMPLES,
+    NATIVE_ERROR,
+    assert_bit_identical,
+    needs_native,
+    spec_and_columns,
 )
-EXAMPLES = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-NUMERIC_POOL = ("amount", "timestamp_ms", "customer_tenure_days", "numeric_extras.\u00e9")
-CATEGORICAL_POOL = ("country", "ip_country", "channel", "categorical_extras.\u4e2d")
-SPECIAL_FLOATS = (
-    math.nan,
-    -math.nan,
-    math.inf,
-    -math.inf,
-    0.0,
-    -0.0,
-    5e-324,
-    -5e-324,
-    1.7976931348623157e308,
-    -1.7976931348623157e308,
-    3.4028235e38,
-    3.4028236e38,
-    1_700_000_000_000.0,
-    -1.0,
-    2.0**53 + 2,
-    9.3e18,
-)
-numbers = st.one_of(
-    st.floats(),
-    st.floats(min_value=-1e6, max_value=1e6),
-    st.integers(-(2**62), 2**62).map(float),
-    st.integers(-(10**13), 10**13).map(float),  # millisecond timestamps, 1653 to 2286
-    st.sampled_from(SPECIAL_FLOATS),
-)
-texts = st.text(max_size=6)
-finite = st.floats(allow_nan=False, allow_infinity=False)
-moderate = st.floats(min_value=-1e9, max_value=1e9)
-
-
-@st.composite
-def feature(draw: st.DrawFn, index: int) -> dict[str, Any]:
-    # f<index>- then no "=" or "_": output names (x=V, x_sin) can never collide.
-    letters = st.characters(exclude_categories=["Cs"], exclude_characters="=_")
-    suffix = draw(st.text(letters, max_size=3))
-    raw: dict[str, Any] = {"name": f"f{index}-{suffix}"}
-    transform = draw(
-        st.sampled_from(
-            [
-                "identity",
-                "log1p",
-                "standardize",
-                "bucketize",
-                "one_hot",
-                "hash_bucket",
-                "cyclical",
-                "differs",
-            ]
-        )
-    )
-    raw["transform"] = transform
-    if transform == "differs":
-        raw["sources"] = draw(
-            st.lists(st.sampled_from(CATEGORICAL_POOL), min_size=2, max_size=2, unique=True)
-        )
-        return raw
-    if transform in ("one_hot", "hash_bucket"):
-        raw["source"] = draw(st.sampled_from(CATEGORICAL_POOL))
-    else:
-        raw["source"] = draw(st.sampled_from(NUMERIC_POOL))
-    if transform != "one_hot":
-        raw["default"] = draw(st.one_of(finite, st.sampled_from([0.0, -0.0, 1e300, -1.5])))
-    if transform == "standardize":
-        raw["mean"] = draw(st.one_of(finite, moderate))
-        raw["std"] = draw(
-            st.one_of(
-                st.floats(min_value=5e-324, allow_infinity=False),
-                st.floats(min_value=1e-3, max_value=1e6),
-            )
-        )
-    elif transform == "bucketize":
-        edges = draw(st.lists(st.one_of(finite, moderate), min_size=1, max_size=8))
-        raw["edges"] = sorted(set(edges))
-    elif transform == "one_hot":
-        vocabulary = draw(st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=5))
-        raw["vocabulary"] = list(dict.fromkeys(v for v in vocabulary if v != "<OOV>")) or ["X"]
-    elif transform == "hash_bucket":
-        raw["buckets"] = draw(st.one_of(st.integers(1, 100), st.integers(1, 1 << 24)))
-    elif transform == "cyclical":
-        raw["period"] = draw(st.sampled_from(["hour_of_day", "day_of_week"]))
-    return raw
-
-
-@st.composite
-def spec_and_columns(draw: st.DrawFn) -> tuple[FeatureSpec, dict[str, npt.NDArray[Any]]]:
-    count = draw(st.integers(1, 8))
-    spec = parse_feature_spec(
-        {"version": "hypothesis", "features": [draw(feature(i)) for i in range(count)]}
-    )
-    vocabulary = sorted(
-        {v for f in spec.to_dict()["features"] for v in f.get("vocabulary", [])}  # type: ignore[attr-defined]
-    )
-    categorical = st.one_of(
-        st.just(""), texts, *([st.sampled_from(vocabulary)] if vocabulary else [])
-    )
-    n = draw(st.integers(0, 24))
-    columns: dict[str, npt.NDArray[Any]] = {}
-    for source in sorted(spec.sources):
-        if source_kind(source) == "numeric":
-            values = draw(st.lists(numbers, min_size=n, max_size=n))
-            columns[source] = np.array(values, dtype=np.float64)
-        else:
-            values = draw(st.lists(categorical, min_size=n, max_size=n))
-            columns[source] = np.array(values, dtype=object)
-    return spec, columns
-
-
-def assert_bit_identical(native: npt.NDArray[np.float32], python: npt.NDArray[np.float32]) -> None:
-    assert native.shape == python.shape
-    different = np.nonzero(native.view(np.uint32) != python.view(np.uint32))
-    assert different[0].size == 0, (
-        f"native != python at (row, column) {list(zip(*different, strict=True))[:5]}: "
-        f"{native[different][:5]!r} vs {python[different][:5]!r}"
-    )
 
 
 @needs_native
@@ -200,28 +82,49 @@ def test_program_validates_buffers() -> None:
     program = _encoder.Program()
     program.add_identity(0, 0.0)
     program.add_differs(0, 1)
-    x = np.zeros(3)
-    h = np.zeros(3, dtype=np.uint64)
+    x = np.zeros((1, 3))
+    h = np.zeros((2, 3), dtype=np.uint64)
     out = np.zeros((3, 2), dtype=np.float32)
-    program.encode([x], [h, h], out)
-    with pytest.raises(TypeError, match=r"numeric\[0\] must have dtype float64, got float32"):
-        program.encode([x.astype(np.float32)], [h, h], out)
-    with pytest.raises(ValueError, match=r"hashes\[1\] has 2 rows, out has 3"):
-        program.encode([x], [h, h[:2]], out)
-    with pytest.raises(ValueError, match="expected 2 hash inputs, got 1"):
-        program.encode([x], [h], out)
+    program.encode(x, h, out)
+    with pytest.raises(TypeError, match="numeric must have dtype float64, got float32"):
+        program.encode(x.astype(np.float32), h, out)
+    with pytest.raises(TypeError, match="hashes must have dtype uint64, got int64"):
+        program.encode(x, h.astype(np.int64), out)
+    with pytest.raises(ValueError, match=r"hashes must have shape \(2, 3\), got \(2, 2\)"):
+        program.encode(x, h[:, :2], out)
+    with pytest.raises(ValueError, match=r"hashes must have shape \(2, 3\), got \(1, 3\)"):
+        program.encode(x, h[:1], out)
+    with pytest.raises(ValueError, match=r"numeric must have shape \(1, 3\), got \(3,\)"):
+        program.encode(x[0], h, out)
     with pytest.raises(ValueError, match=r"out must have shape \(n, 2\)"):
-        program.encode([x], [h, h], np.zeros((3, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="C-contiguous"):
-        program.encode([x[::-1]], [h, h], out)
+        program.encode(x, h, np.zeros((3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="numeric must be C-contiguous"):
+        program.encode(x[:, ::-1], h, out)
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        program.encode([x[0]], h, out)  # type: ignore[arg-type]
     read_only = np.zeros((3, 2), dtype=np.float32)
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
-        program.encode([x], [h, h], read_only)
+        program.encode(x, h, read_only)
     with pytest.raises(ValueError, match="strictly increasing"):
         program.add_bucketize(0, [1.0, 1.0], 0.0)
     with pytest.raises(ValueError, match="distinct"):
         program.add_one_hot(0, [5, 5])
+
+
+@needs_native
+def test_program_releases_the_gil_for_large_batches_only() -> None:
+    """Both sides of the GIL threshold compute the same rows."""
+    spec = parse_feature_spec(
+        {"version": "t", "features": [{"name": "a", "transform": "log1p", "source": "amount"}]}
+    )
+    rng = np.random.default_rng(3)
+    for n in (1, 1 << 14, (1 << 14) + 1, 40_000):
+        columns = {"amount": rng.lognormal(3, 2, n)}
+        assert_bit_identical(
+            dispatch.make_encoder(spec, "native").encode(columns),
+            dispatch.make_encoder(spec, "python").encode(columns),
+        )
 
 
 @needs_native

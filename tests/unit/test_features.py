@@ -446,7 +446,8 @@ MODES = [
     pytest.param(
         "native",
         marks=pytest.mark.skipif(
-            dispatch.native_error() is not None, reason="native extension not built"
+            dispatch.native_error() is not None or dispatch.pure_python_forced(),
+            reason="native extension not built, or RISKWIRE_PURE_PYTHON is set",
         ),
     ),
 ]

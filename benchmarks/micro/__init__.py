@@ -1,0 +1,1 @@
+"""Micro-benchmarks: pieces of the server timed in-process, native against reference."""
