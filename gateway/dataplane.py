@@ -175,7 +175,8 @@ class DataPlane:
             budget = now + route.deadline_ms / 1000.0
             deadline = budget if caller_deadline is None else min(budget, caller_deadline)
             waits.append(self._score_group(model, batch, rows, assignments, deadline, budget))
-        outcomes = await asyncio.gather(*waits)
+        # One model version per call is the common case: no gather task for it.
+        outcomes = [await waits[0]] if len(waits) == 1 else await asyncio.gather(*waits)
         for rows, (scores, failure) in zip(groups.values(), outcomes, strict=True):
             for j, i in enumerate(rows):
                 assignment = assignments[i]
@@ -294,13 +295,14 @@ class DataPlane:
             txns = [txns[i] for i in rows]
         features = model.encoder.encode_transactions(txns)
         try:
+            # The batcher arms the deadline as a loop timer: the future fails with
+            # DeadlineExpired when it passes, and a row still queued then never runs.
             future = model.batcher.submit(features, deadline)
         except Overloaded:
             return None, self._covered(assignments[rows[0]].route, FallbackReason.OVERLOAD)
-        remaining = deadline - time.monotonic()
         try:
-            scores = await asyncio.wait_for(future, max(remaining, 0.0))
-        except (TimeoutError, DeadlineExpired) as exc:
+            scores = await future
+        except DeadlineExpired as exc:
             if deadline < budget:
                 # The caller's own deadline passed: nobody is waiting for a fallback.
                 raise DeadlineExpired(
