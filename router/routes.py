@@ -234,12 +234,10 @@ def decide(
         if bucket < edge:
             chosen = arm
             break
-    shadows = tuple(
-        s
-        for s in route.shadows
-        if bucket_of(route.salt + "/shadow", keys.get(route.sticky_key, ""))
-        < round(s.percent * 100)
-    )
+    shadows: tuple[ShadowSpec, ...] = ()
+    if route.shadows:
+        shadow_bucket = bucket_of(route.salt + "/shadow", keys.get(route.sticky_key, ""))
+        shadows = tuple(s for s in route.shadows if shadow_bucket < round(s.percent * 100))
     return Assignment(route=route, arm=chosen, bucket=bucket, shadows=shadows)
 
 

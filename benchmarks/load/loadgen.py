@@ -131,12 +131,17 @@ class RequestPool:
         """Raise if ``response`` does not answer ``payloads[index]``, id for id."""
 
         if method == "batch":
-            got = [
-                r.transaction_id
-                for r in scoring_pb2.ScoreBatchResponse.FromString(response).responses
-            ]
+            replies = list(scoring_pb2.ScoreBatchResponse.FromString(response).responses)
         else:
-            got = [scoring_pb2.ScoreResponse.FromString(response).transaction_id]
+            replies = [scoring_pb2.ScoreResponse.FromString(response)]
+        got = [r.transaction_id for r in replies]
+        fallbacks = sum(r.decision_source == scoring_pb2.FALLBACK for r in replies)
+        if fallbacks:
+            # A run answered by the fallback policy would time the shortcut, not the model.
+            raise ResponseMismatch(
+                f"{fallbacks} of {len(replies)} answers came from the fallback policy "
+                f"({replies[0].fallback_reason or 'see decision_source'}), not a model"
+            )
         if got != self.expected_ids[index]:
             want = self.expected_ids[index]
             raise ResponseMismatch(

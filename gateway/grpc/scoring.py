@@ -38,7 +38,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         received_ns = time.perf_counter_ns()
         check_batch_size(len(request.transactions), self._max_batch)
         batch = batch_from_transactions(request.transactions)
-        options = ScoreOptions(explain=request.explain, route=request.route)
+        options = ScoreOptions(explain=request.explain, route=request.route, realtime=False)
         results = await self._dataplane.score(batch, options, caller_deadline(context))
         return pb.ScoreBatchResponse(
             responses=[response_from_result(r, received_ns) for r in results]

@@ -270,3 +270,12 @@ def test_monitoring_attributes_do_not_change_the_score(
     txn.monitoring_attributes["age_band"] = "65+"
     txn.monitoring_attributes["region"] = "south"
     assert stub.Score(pb.ScoreRequest(transaction=txn), timeout=10).score == plain
+
+
+def test_score_batch_is_bounded_by_the_call_deadline_not_the_route_budget(
+    stub: pb_grpc.ScoringStub, table: dict[str, np.ndarray]
+) -> None:
+    """Bulk scoring ignores the per-authorization budget that makes Score fall back."""
+    txns = transactions_from_table(table)[:64]
+    response = stub.ScoreBatch(pb.ScoreBatchRequest(transactions=txns, route="lenient"), timeout=30)
+    assert all(r.decision_source == pb.MODEL for r in response.responses)
