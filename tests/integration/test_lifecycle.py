@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.data.synth import SynthOptions, generate
 from gateway.features.columns import transactions_from_table
@@ -60,6 +61,20 @@ def test_health_readiness_and_metrics(server: ServerProcess) -> None:
     status, text = _get(server.metrics_port, "/metrics")
     assert status == 200
     assert _metric(text, "riskwire_batch_rows_total") >= 1
+
+
+def test_reflection_lists_the_data_plane_services(server: ServerProcess) -> None:
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    names = {service.name for service in reply.list_services_response.service}
+    assert {
+        "riskwire.v1.Scoring",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    } <= names
+    assert "riskwire.admin.v1.Admin" not in names
 
 
 def test_admin_needs_the_token(server: ServerProcess) -> None:

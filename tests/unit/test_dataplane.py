@@ -15,13 +15,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gateway.dataplane import STICKY_KEYS, DataPlane, DecisionSource, ScoreOptions
+from gateway.dataplane import (
+    STICKY_KEYS,
+    DataPlane,
+    DecisionSource,
+    FallbackReason,
+    ScoreOptions,
+)
+from gateway.errors import ErrorKind, GatewayError, Overloaded
 from gateway.features import dispatch, hashing
 from gateway.features.columns import Transaction
 from gateway.features.spec import parse_feature_spec
 from gateway.grpc.converters import batch_from_transactions, routing_keys
 from riskwire.v1 import scoring_pb2 as pb
-from router.routes import Thresholds, decide, load_table
+from router.routes import Decision, Thresholds, decide, load_table
 from router.store import RouteStore
 
 SPEC = parse_feature_spec(
@@ -164,3 +171,37 @@ def test_batch_from_transactions_keeps_the_transactions() -> None:
     assert list(batch.transaction_ids) == ["tx0", "tx1", "tx2"]
     assert list(batch.transactions) == list(request.transactions)
     assert [k["channel"] for k in batch.routing_keys] == ["ATM", "ECOMMERCE", "ECOMMERCE"]
+
+
+class FullBatcher(EchoBatcher):
+    """A model whose queue is always full."""
+
+    def submit(
+        self, rows: npt.NDArray[np.float32], deadline: float
+    ) -> asyncio.Future[npt.NDArray[np.float64]]:
+        raise Overloaded("queue is full")
+
+
+@pytest.mark.parametrize(
+    ("fallback", "expected"),
+    [("{on: [overload], decision: DECLINE}", "fallback"), ("{on: [timeout]}", "error")],
+)
+def test_a_full_queue_sheds_by_route_policy(fallback: str, expected: str) -> None:
+    repository = FakeRepository("python")
+    repository.models[("a", 1)].batcher = FullBatcher()
+    table = load_table(
+        "routes:\n  - {name: r, salt: s, arms: [{model: a, version: 1, weight: 100}],"
+        f" fallback: {fallback}}}\n"
+    )
+    plane = DataPlane(repository, RouteStore(table), hashing.bucket)
+    batch = batch_from_transactions(transactions(1))
+
+    if expected == "error":
+        with pytest.raises(GatewayError) as caught:
+            asyncio.run(plane.score(batch, ScoreOptions()))
+        assert caught.value.kind is ErrorKind.RESOURCE_EXHAUSTED
+        return
+    (result,) = asyncio.run(plane.score(batch, ScoreOptions()))
+    assert result.source is DecisionSource.FALLBACK
+    assert result.fallback_reason is FallbackReason.OVERLOAD
+    assert result.decision is Decision.DECLINE
