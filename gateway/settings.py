@@ -67,10 +67,12 @@ class BatchingSettings(_Section):
     max_delay_us: int = Field(0, ge=0, le=1_000_000)
     """How long a partial batch waits for more rows. 0: dispatch at once when the
     model is idle; rows that arrive while it is busy still batch together."""
-    inline_max_rows: int = Field(64, ge=0)
-    """Batches up to this many rows run on the event-loop thread, larger ones on the
-    model's worker thread. A thread hand-off waits for the GIL (up to 5 ms under
-    load), far longer than a small tree batch takes; 0 sends every batch to the thread."""
+    inline_max_rows: int = Field(4096, ge=0)
+    """Batches up to this many rows run on the event-loop thread (in max_batch chunks,
+    yielding between them), larger ones on the model's worker thread. A thread
+    hand-off waits for the GIL, up to 5 ms under load, far longer than a tree batch
+    takes; lower it for models whose one call is long (GPU, large networks). 0 sends
+    every batch to the thread."""
     queue_rows: int = Field(4096, ge=1)
     """Most rows waiting per model; beyond it requests are shed by route policy."""
     intra_op_threads: int = Field(1, ge=1)

@@ -6,11 +6,13 @@ those whose deadline has passed, and runs the rest. One batch is in flight per m
 at a time, so calls that arrive while the model is busy form the next batch.
 
 Where a batch runs: batches of up to ``inline_max_rows`` rows run on the event-loop
-thread; larger ones in the model's worker thread, where ONNX Runtime releases the
-GIL. A tree ensemble scores 16 rows in ~16 us, while handing a batch to a thread
-and back needs the GIL twice: under load the event loop holds it and the worker
-waits up to ``sys.getswitchinterval()`` (5 ms) for it, which capped throughput at a
-third of the bare server's (benchmarks/load/compare.py, 2026-11-28). An ONNX Runtime
+thread, in ``max_batch`` chunks with a yield between chunks; larger ones in the
+model's worker thread, where ONNX Runtime releases the GIL (for models whose one call
+takes long: GPUs, large networks). A tree ensemble scores 16 rows in ~16 us, while
+handing a batch to a thread and back needs the GIL twice: under load the event loop
+holds it and the worker waits up to ``sys.getswitchinterval()`` (5 ms) for it, which
+capped throughput at a third of the bare server's (benchmarks/load/compare.py,
+2026-11-28). An ONNX Runtime
 call per request costs 20-30 us inside a server against 6 us alone (MEASURED.md);
 batching across concurrent calls is how that cost is shared.
 
@@ -86,7 +88,7 @@ class DynamicBatcher:
         max_batch: int,
         max_delay_us: int,
         queue_rows: int,
-        inline_max_rows: int = 64,
+        inline_max_rows: int = 4096,
     ) -> None:
         self.name = name
         self.inline_max_rows = inline_max_rows
@@ -170,10 +172,12 @@ class DynamicBatcher:
                 continue
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
             try:
-                if rows.shape[0] <= self.inline_max_rows:
-                    scores = self._run_chunked(rows)
-                else:
+                if rows.shape[0] > self.inline_max_rows:
                     scores = await loop.run_in_executor(self._executor, self._run_chunked, rows)
+                elif rows.shape[0] <= self.max_batch:
+                    scores = self._score(rows)
+                else:
+                    scores = await self._run_chunked_inline(rows)
             except Exception as exc:  # the runtime's own errors: answered, never raised here
                 self.stats.failures += 1
                 failure = BackendFailure(f"model {self.name} failed: {exc}")
@@ -238,6 +242,18 @@ class DynamicBatcher:
             batch.append(pending)
             taken += k
         return batch
+
+    async def _run_chunked_inline(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        # Bulk rows on the loop thread, one max_batch chunk at a time, yielding between
+        # chunks so that calls arriving meanwhile are read, validated and queued. In a
+        # worker thread each chunk would need the GIL back from the busy loop: up to
+        # 5 ms per chunk (ScoreBatch of 256 ran at 17.7k transactions/s that way).
+        n = rows.shape[0]
+        out = np.empty(n, dtype=np.float64)
+        for start in range(0, n, self.max_batch):
+            out[start : start + self.max_batch] = self._score(rows[start : start + self.max_batch])
+            await asyncio.sleep(0)
+        return out
 
     def _run_chunked(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         # A single request larger than max_batch (ScoreBatch) runs in max_batch chunks:

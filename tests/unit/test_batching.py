@@ -164,11 +164,19 @@ def test_a_full_queue_sheds() -> None:
     asyncio.run(run())
 
 
-def test_large_requests_run_in_max_batch_chunks() -> None:
+@pytest.mark.parametrize("inline_max_rows", [0, 4096], ids=["worker-thread", "inline"])
+def test_large_requests_run_in_max_batch_chunks(inline_max_rows: int) -> None:
     model = RecordingModel()
 
     async def run() -> npt.NDArray[np.float64]:
-        batcher = DynamicBatcher("m/1", model, max_batch=4, max_delay_us=0, queue_rows=100)
+        batcher = DynamicBatcher(
+            "m/1",
+            model,
+            max_batch=4,
+            max_delay_us=0,
+            queue_rows=100,
+            inline_max_rows=inline_max_rows,
+        )
         batcher.start()
         result = await batcher.submit(rows(*range(10)))
         await batcher.close()
