@@ -50,23 +50,6 @@ _STR_FIELDS = (
     "device_id",
     "ip_country",
 )
-TRANSACTION_FIELDS: tuple[str, ...] = (
-    "transaction_id",
-    "account_id",
-    "card_id",
-    "merchant_id",
-    "merchant_category_code",
-    "amount_minor",
-    "currency",
-    "country",
-    "channel",
-    "entry_mode",
-    "timestamp_ms",
-    "device_id",
-    "ip_country",
-    "customer_tenure_days",
-)
-"""The Transaction columns of the generator's table, in CSV order."""
 
 
 # --- one function per source: Table -> column -------------------------------------------

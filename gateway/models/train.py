@@ -25,7 +25,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 import gateway
-from gateway.data.synth import read_dataset_meta, write_dataset
+from gateway.data.synth import ENTRY_MODES, read_dataset_meta, write_dataset
 from gateway.data.table import Table, data_digest, table_from_csv_bytes
 from gateway.features import reference
 from gateway.features.columns import columns_from_table
@@ -75,14 +75,7 @@ ONNX_TOLERANCE = 1e-5
 DAY_MS = 86_400_000
 
 CHANNEL_VOCABULARY = ("ECOMMERCE", "CARD_PRESENT", "CARD_NOT_PRESENT", "ATM", "TRANSFER", "WALLET")
-ENTRY_MODE_VOCABULARY = (
-    "CHIP",
-    "CONTACTLESS",
-    "MAGSTRIPE",
-    "MANUAL",
-    "CREDENTIAL_ON_FILE",
-    "TOKEN",
-)
+ENTRY_MODE_VOCABULARY = ENTRY_MODES  # every entry mode the generator emits
 # MCCs that carry risk on their own; every other category shares the OOV slot, which
 # keeps the width stable when processors send categories the training data lacked.
 MCC_VOCABULARY = (
