@@ -109,7 +109,7 @@ class Server:
         await self._data_server.start()
 
         if s.admin.enabled:
-            self.admin_token = self._admin_token()
+            self.admin_token = admin_token(s)
             self._admin_server = grpc.aio.server(
                 interceptors=[BearerTokenInterceptor(self.admin_token)],
                 options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
@@ -196,22 +196,30 @@ class Server:
 
         return table.problems_against(available)
 
-    def _admin_token(self) -> str:
-        token_file = self.settings.admin.token_file
-        if token_file is not None:
-            token = token_file.read_text().strip()
-            if not token:
-                raise ValueError(f"admin token file {token_file} is empty")
+
+def admin_token(settings: Settings) -> str:
+    """The admin bearer token: from ``admin.token_file``, else ``<state_dir>/admin.token``.
+
+    The state-dir token is made once (random, mode 0600, O_EXCL so two processes
+    never write two tokens) and then reused; ``serve`` makes it before starting workers.
+    """
+    token_file = settings.admin.token_file
+    if token_file is None:
+        token_file = settings.state_dir / "admin.token"
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            token = secrets.token_urlsafe(32)
+            with os.fdopen(fd, "w") as out:
+                out.write(token + "\n")
             return token
-        path = self.settings.state_dir / "admin.token"
-        if path.is_file() and path.read_text().strip():
-            return path.read_text().strip()
-        token = secrets.token_urlsafe(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-        return token
+    token = token_file.read_text().strip()
+    if not token:
+        raise ValueError(f"admin token file {token_file} is empty")
+    return token
 
 
 async def _run(settings: Settings, announce: bool) -> None:
@@ -265,6 +273,8 @@ def serve(settings: Settings) -> int:
     if settings.workers == 1:
         run(settings)
         return 0
+    if settings.admin.enabled:
+        admin_token(settings)  # made here, once, so every worker reads the same token
     reserved = []
     overrides: dict[str, dict[str, int]] = {}
     for section in ("grpc", "admin", "metrics"):

@@ -161,7 +161,10 @@ def test_sigterm_drains_calls_in_flight(tmp_path: Path, model_repository: Path) 
 
 
 def test_two_workers_share_the_port(tmp_path: Path, model_repository: Path) -> None:
-    server = start_server(write_config(tmp_path, model_repository), "--workers", "2")
+    # No token file: the server makes one in its state dir, and both workers must use it.
+    config = write_config(tmp_path, model_repository, admin={"token_file": None})
+    server = start_server(config, "--workers", "2")
+    server.admin_token = (tmp_path / "state" / "admin.token").read_text().strip()
     try:
         pids: set[int] = set()
         deadline = time.monotonic() + 60

@@ -35,3 +35,17 @@ def test_unknown_keys_and_clashing_ports_are_refused(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(ValidationError, match="ports must differ"):
         load_settings(None, **{"admin.port": 50051})
+
+
+def test_admin_token_is_made_once_and_reused(tmp_path: Path) -> None:
+    from gateway.server import admin_token
+
+    settings = load_settings(None, state_dir=tmp_path / "state")
+    first = admin_token(settings)
+    assert len(first) >= 32
+    assert admin_token(settings) == first
+    path = tmp_path / "state" / "admin.token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    given = tmp_path / "token"
+    given.write_text("from-a-secret\n")
+    assert admin_token(load_settings(None, **{"admin.token_file": given})) == "from-a-secret"
