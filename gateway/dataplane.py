@@ -167,25 +167,28 @@ class DataPlane:
         assignments = [
             self._assign(versioned.table, keys, options.route) for keys in batch.routing_keys
         ]
-        # Group rows by the model version that scores them: one batcher call each.
-        groups: dict[tuple[str, int], list[int]] = {}
+        # Group rows by route and model version: one batcher call each, under that
+        # route's budget.
+        groups: dict[tuple[str, str, int], list[int]] = {}
         for i, assignment in enumerate(assignments):
-            groups.setdefault((assignment.arm.model, assignment.arm.version), []).append(i)
+            arm = assignment.arm
+            groups.setdefault((assignment.route.name, arm.model, arm.version), []).append(i)
         now = time.monotonic()
         results: list[ScoreResult | None] = [None] * n
+        models = []
         waits = []
-        for (name, version), rows in groups.items():
+        for (_, name, version), rows in groups.items():
             model = self.repository.get(name, version)
             route = assignments[rows[0]].route
             budget = now + route.deadline_ms / 1000.0 if options.realtime else math.inf
             deadline = budget if caller_deadline is None else min(budget, caller_deadline)
+            models.append(model)
             waits.append(self._score_group(model, batch, rows, assignments, deadline, budget))
-        # One model version per call is the common case: no gather task for it.
+        # One group per call is the common case: no gather task for it.
         outcomes = [await waits[0]] if len(waits) == 1 else await asyncio.gather(*waits)
-        for rows, (scores, failure) in zip(groups.values(), outcomes, strict=True):
+        for model, rows, (scores, failure) in zip(models, groups.values(), outcomes, strict=True):
             for j, i in enumerate(rows):
                 assignment = assignments[i]
-                model = self.repository.get(assignment.arm.model, assignment.arm.version)
                 if failure is not None:
                     results[i] = self._fallback(
                         batch, i, assignment, failure, versioned.config_version
