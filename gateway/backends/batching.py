@@ -10,9 +10,9 @@ thread, in ``max_batch`` chunks with a yield between chunks; larger ones in the
 model's worker thread, where ONNX Runtime releases the GIL (for models whose one call
 takes long: GPUs, large networks). A tree ensemble scores 16 rows in ~16 us, while
 handing a batch to a thread and back needs the GIL twice: under load the event loop
-holds it and the worker waits up to ``sys.getswitchinterval()`` (5 ms) for it, which
-capped throughput at a third of the bare server's (benchmarks/load/compare.py,
-2026-11-28). An ONNX Runtime
+holds it and the worker waits up to ``sys.getswitchinterval()`` (5 ms) for it: Score
+at c=8 ran at 0.51x the bare server's throughput that way against 0.63x inline
+(benchmarks/results/worker-thread/ against benchmarks/results/2026-11-28T192803Z-vm.md). An ONNX Runtime
 call per request costs 20-30 us inside a server against 6 us alone (MEASURED.md);
 batching across concurrent calls is how that cost is shared.
 
@@ -246,8 +246,7 @@ class DynamicBatcher:
     async def _run_chunked_inline(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         # Bulk rows on the loop thread, one max_batch chunk at a time, yielding between
         # chunks so that calls arriving meanwhile are read, validated and queued. In a
-        # worker thread each chunk would need the GIL back from the busy loop: up to
-        # 5 ms per chunk (ScoreBatch of 256 ran at 17.7k transactions/s that way).
+        # worker thread each chunk would need the GIL back from the busy loop.
         n = rows.shape[0]
         out = np.empty(n, dtype=np.float64)
         for start in range(0, n, self.max_batch):
