@@ -12,9 +12,10 @@ takes long: GPUs, large networks). A tree ensemble scores 16 rows in ~16 us, whi
 handing a batch to a thread and back needs the GIL twice: under load the event loop
 holds it and the worker waits up to ``sys.getswitchinterval()`` (5 ms) for it: Score
 at c=8 ran at 0.51x the bare server's throughput that way against 0.63x inline
-(benchmarks/results/worker-thread/ against benchmarks/results/2026-11-28T192803Z-vm.md). An ONNX Runtime
-call per request costs 20-30 us inside a server against 6 us alone (MEASURED.md);
-batching across concurrent calls is how that cost is shared.
+(benchmarks/results/worker-thread/ against
+benchmarks/results/2026-11-28T192803Z-vm.md). An ONNX Runtime call per request
+costs 20-30 us inside a server against 6 us alone (MEASURED.md); batching across
+concurrent calls is how that cost is shared.
 
 Every request's deadline is armed as a loop timer: when it fires before the scores
 arrive, the caller gets DeadlineExpired at once (and the row is skipped if still
