@@ -749,42 +749,54 @@ def train_demo_models(data: Path, out_dir: Path, seed: int) -> list[Path]:
         if labels.min(initial=1) == labels.max(initial=0):
             raise ValueError(f"{data}: the {part} split needs both fraud and legit rows")
 
-    written = []
+    written: list[Path] = []
+
+    def publish(
+        name: str,
+        kind: str,
+        description: str,
+        spec: FeatureSpec,
+        x: npt.NDArray[np.float32],
+        fitted: _Fitted,
+    ) -> None:
+        card = _build_card(
+            name=name,
+            kind=kind,
+            description=description,
+            spec=spec,
+            fitted=fitted,
+            x=x,
+            table=table,
+            split=split,
+            digest=digest,
+            seed=seed,
+            generator=generator,
+        )
+        written.append(_write_version(Path(out_dir), card, fitted.onnx_bytes))
+
     gbdt_spec = gbdt_feature_spec()
     x = encode_table(gbdt_spec, table)
     gbdt = _fit_gbdt(x[split.train], y[split.train], seed, gbdt_spec.output_names)
-    card = _build_card(
-        name=GBDT_NAME,
-        kind="lightgbm-gbdt",
-        description="Champion card-fraud model: gradient-boosted trees (200 x 31 leaves).",
-        spec=gbdt_spec,
-        fitted=gbdt,
-        x=x,
-        table=table,
-        split=split,
-        digest=digest,
-        seed=seed,
-        generator=generator,
+    publish(
+        GBDT_NAME,
+        "lightgbm-gbdt",
+        "Champion card-fraud model: gradient-boosted trees (200 x 31 leaves).",
+        gbdt_spec,
+        x,
+        gbdt,
     )
-    written.append(_write_version(Path(out_dir), card, gbdt.onnx_bytes))
 
     mlp_spec = mlp_feature_spec(table, split.train)
     x = encode_table(mlp_spec, table)
     mlp = _fit_mlp(x[split.train], y[split.train], seed)
-    card = _build_card(
-        name=MLP_NAME,
-        kind="sklearn-mlp",
-        description="Challenger card-fraud model: a small multilayer perceptron (32-16).",
-        spec=mlp_spec,
-        fitted=mlp,
-        x=x,
-        table=table,
-        split=split,
-        digest=digest,
-        seed=seed,
-        generator=generator,
+    publish(
+        MLP_NAME,
+        "sklearn-mlp",
+        "Challenger card-fraud model: a small multilayer perceptron (32-16).",
+        mlp_spec,
+        x,
+        mlp,
     )
-    written.append(_write_version(Path(out_dir), card, mlp.onnx_bytes))
     return written
 
 
