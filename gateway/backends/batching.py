@@ -29,7 +29,7 @@ import collections
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -65,7 +65,6 @@ class BatcherStats:
     expired: int = 0
     shed: int = 0
     failures: int = 0
-    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class DynamicBatcher:
@@ -189,7 +188,6 @@ class DynamicBatcher:
                 continue
             self.stats.batches += 1
             self.stats.rows += rows.shape[0]
-            self.stats.batch_sizes[rows.shape[0]] += 1
             start = 0
             for pending in batch:
                 end = start + pending.rows.shape[0]
