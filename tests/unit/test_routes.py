@@ -16,6 +16,7 @@ routes:
     arms:
       - {model: fraud-gbdt, version: 3, weight: 90, role: champion}
       - {model: fraud-gbdt, version: 4, weight: 10, role: canary}
+    canary: {steps: [10, 20, 50, 100]}
   - name: rest
     salt: rest
     arms: [{model: fraud-gbdt, version: 3, weight: 100}]
