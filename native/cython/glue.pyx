@@ -7,6 +7,11 @@
 - TransactionReader: the native twin of gateway/features/transactions.py; it reads
   protobuf Transactions straight into the encoder's input matrices, tested equal to
   gateway.features.columns.columns_from_transactions in tests/native/.
+- ResponseWriter: riskwire.v1.ScoreResponse / ScoreBatchResponse wire bytes, equal to
+  python protobuf's SerializeToString() (gateway/grpc/responses.py is the reference),
+  tested equal in tests/native/test_response_parity.py.
+- Histogram: the native twin of gateway/telemetry/histogram.py's fixed-bucket
+  histogram, tested equal in tests/unit/test_histogram.py.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -272,3 +277,454 @@ cdef class TransactionReader:
                         hashed = MISSING_HASH
                 h[j * n + r] = hashed
         return numeric, hashes
+
+
+# --- ScoreResponse / ScoreBatchResponse wire bytes ----------------------------------
+#
+# The writer emits exactly what python protobuf's SerializeToString() emits for the
+# same riskwire.v1.ScoreResponse (gateway/grpc/responses.py is the reference; tests in
+# tests/native/test_response_parity.py): known fields in field-number order; proto3
+# defaults omitted (0, "", and +0.0 only: -0.0 and NaNs have bits and are written, with
+# their sign and payload); enums as int32 varints (negative ones sign-extended to 10
+# bytes); uint64 as varints; a repeated message always written, even when empty.
+# https://protobuf.dev/programming-guides/encoding/
+#
+# Inputs are taken as protobuf's constructor takes them: a string field accepts str,
+# bytes holding UTF-8, or None (unset); numbers accept what float() / __index__ give,
+# except bools for integer fields (TypeError; see _refuse_bool).
+# Out-of-range integers raise ValueError, a str with lone surrogates UnicodeEncodeError,
+# invalid UTF-8 bytes UnicodeDecodeError, other types TypeError, as protobuf does.
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
+from cpython.number cimport PyNumber_Index
+from libc.stdint cimport INT32_MAX, INT32_MIN, int32_t
+from libc.math cimport INFINITY, isfinite
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
+
+# Tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited).
+cdef enum:
+    TAG_TRANSACTION_ID = 0x0A
+    TAG_SCORE = 0x11
+    TAG_DECISION = 0x18
+    TAG_MODEL_NAME = 0x22
+    TAG_MODEL_VERSION = 0x2A
+    TAG_ARM = 0x30
+    TAG_DECISION_SOURCE = 0x38
+    TAG_REASON_CODES = 0x42
+    TAG_ROUTE = 0x4A
+    TAG_CONFIG_VERSION = 0x50
+    TAG_AUDIT_ID = 0x5A
+    TAG_SERVER_LATENCY_US = 0x60
+    TAG_FALLBACK_REASON = 0x6A
+    TAG_RC_CODE = 0x0A
+    TAG_RC_FEATURE = 0x12
+    TAG_RC_CONTRIBUTION = 0x19
+    TAG_RC_DESCRIPTION = 0x22
+    TAG_BATCH_RESPONSES = 0x0A
+
+
+cdef struct Utf8:
+    const char* data
+    Py_ssize_t size
+
+
+cdef struct ReasonCodeWire:
+    Utf8 code
+    Utf8 feature
+    Utf8 description
+    uint64_t contribution_bits
+    Py_ssize_t body_size
+
+
+cdef int _utf8(object value, Utf8* out) except -1:
+    # Points `out` at the UTF-8 of a string field's value; the caller keeps `value` alive.
+    if isinstance(value, str):
+        # Raises UnicodeEncodeError for lone surrogates, as protobuf does.
+        out.data = PyUnicode_AsUTF8AndSize(value, &out.size)
+    elif value is None:
+        out.data = NULL
+        out.size = 0
+    elif isinstance(value, bytes):
+        out.data = PyBytes_AS_STRING(value)
+        out.size = PyBytes_GET_SIZE(value)
+        PyUnicode_DecodeUTF8(out.data, out.size, NULL)  # UnicodeDecodeError, like protobuf
+    else:
+        raise TypeError(f"a string field takes str, got {type(value).__name__}")
+    return 0
+
+
+cdef double _double(object value) except? -1.0:
+    if value is None:
+        return 0.0
+    return value  # float() rules: TypeError for str, OverflowError for a huge int
+
+
+cdef int _refuse_bool(object value, str field) except -1:
+    # protobuf 6.33 takes a bool for an integer field with a DeprecationWarning (an
+    # error from 7.34 on, and a bare "Value out of range: 1" ValueError where warnings
+    # are errors): refused here, and by the reference, now.
+    raise TypeError(f"{field} takes an int, got bool")
+
+
+cdef uint64_t _uint64(object value, str field) except? 0xFFFFFFFFFFFFFFFF:
+    cdef int overflow
+    cdef long long number
+    if value is None:
+        return 0
+    if value is True or value is False:
+        _refuse_bool(value, field)
+    if not isinstance(value, int):
+        value = PyNumber_Index(value)  # TypeError for float, like protobuf
+    number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow == 0 and number >= 0:
+        return <uint64_t>number
+    if overflow == 1:  # >= 2**63: rare, so the slower checked conversion
+        try:
+            return PyLong_AsUnsignedLongLong(value)
+        except OverflowError:
+            pass
+    raise ValueError(f"Value out of range: {field} is uint64, got {value}")
+
+
+cdef int32_t _enum(object value, str field) except? -1:
+    cdef int overflow
+    cdef long long number
+    if value is None:
+        return 0
+    if value is True or value is False:
+        _refuse_bool(value, field)
+    if not isinstance(value, int):
+        value = PyNumber_Index(value)
+    number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or number < INT32_MIN or number > INT32_MAX:
+        raise ValueError(f"Value out of range: {field} is an int32 enum, got {value}")
+    return <int32_t>number
+
+
+cdef inline uint64_t _double_bits(double value) noexcept nogil:
+    cdef uint64_t bits
+    memcpy(&bits, &value, 8)
+    return bits
+
+
+cdef inline Py_ssize_t _varint_size(uint64_t value) noexcept nogil:
+    cdef Py_ssize_t size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+cdef inline Py_ssize_t _string_field_size(Py_ssize_t size) noexcept nogil:
+    return 0 if size == 0 else 1 + _varint_size(<uint64_t>size) + size
+
+
+cdef inline Py_ssize_t _varint_field_size(uint64_t value) noexcept nogil:
+    return 0 if value == 0 else 1 + _varint_size(value)
+
+
+cdef inline unsigned char* _put_varint(unsigned char* p, uint64_t value) noexcept nogil:
+    while value >= 0x80:
+        p[0] = <unsigned char>(value | 0x80)
+        value >>= 7
+        p += 1
+    p[0] = <unsigned char>value
+    return p + 1
+
+
+cdef inline unsigned char* _put_varint_field(unsigned char* p, unsigned char tag,
+                                             uint64_t value) noexcept nogil:
+    if value == 0:
+        return p
+    p[0] = tag
+    return _put_varint(p + 1, value)
+
+
+cdef inline unsigned char* _put_string(unsigned char* p, unsigned char tag,
+                                       Utf8 value) noexcept nogil:
+    if value.size == 0:
+        return p
+    p[0] = tag
+    p = _put_varint(p + 1, <uint64_t>value.size)
+    memcpy(p, value.data, value.size)
+    return p + value.size
+
+
+cdef inline unsigned char* _put_double(unsigned char* p, unsigned char tag,
+                                       uint64_t bits) noexcept nogil:
+    # Only +0.0 (all bits zero) is the default; byte by byte is little-endian anywhere.
+    cdef int i
+    if bits == 0:
+        return p
+    p[0] = tag
+    for i in range(8):
+        p[1 + i] = <unsigned char>(bits >> (8 * i))
+    return p + 9
+
+
+@cython.final
+cdef class ResponseWriter:
+    """Writes riskwire.v1.ScoreResponse / ScoreBatchResponse wire bytes directly.
+
+    The bytes equal python protobuf's SerializeToString() of the same message, so a
+    gRPC handler can return them without building protobuf objects.
+    """
+
+    implementation = "native"
+
+    def score_response(self, transaction_id, score, decision, model_name, model_version,
+                       arm, decision_source, route, config_version, audit_id,
+                       server_latency_us, fallback_reason, reason_codes=()):
+        """Returns the ScoreResponse's bytes; reason_codes are objects with code,
+        feature, contribution and description attributes (ReasonCodeFields)."""
+        cdef Utf8 s_transaction_id, s_model_name, s_model_version, s_route, s_audit_id
+        cdef Utf8 s_fallback_reason
+        cdef uint64_t score_bits, v_decision, v_arm, v_decision_source
+        cdef uint64_t v_config_version, v_server_latency_us
+        cdef Py_ssize_t size, i, count = 0
+        cdef ReasonCodeWire* codes = NULL
+        cdef ReasonCodeWire* rc
+        cdef tuple items = None
+        cdef list keep = None
+        cdef unsigned char* p
+        cdef unsigned char* start
+        # Convert (and validate) everything first: Python code may run here (__index__,
+        # __float__, attribute lookups), none once writing starts.
+        _utf8(transaction_id, &s_transaction_id)
+        score_bits = _double_bits(_double(score))
+        v_decision = <uint64_t><int64_t>_enum(decision, "decision")
+        _utf8(model_name, &s_model_name)
+        _utf8(model_version, &s_model_version)
+        v_arm = <uint64_t><int64_t>_enum(arm, "arm")
+        v_decision_source = <uint64_t><int64_t>_enum(decision_source, "decision_source")
+        _utf8(route, &s_route)
+        v_config_version = _uint64(config_version, "config_version")
+        _utf8(audit_id, &s_audit_id)
+        v_server_latency_us = _uint64(server_latency_us, "server_latency_us")
+        _utf8(fallback_reason, &s_fallback_reason)
+        size = (
+            _string_field_size(s_transaction_id.size)
+            + (0 if score_bits == 0 else 9)
+            + _varint_field_size(v_decision)
+            + _string_field_size(s_model_name.size)
+            + _string_field_size(s_model_version.size)
+            + _varint_field_size(v_arm)
+            + _varint_field_size(v_decision_source)
+            + _string_field_size(s_route.size)
+            + _varint_field_size(v_config_version)
+            + _string_field_size(s_audit_id.size)
+            + _varint_field_size(v_server_latency_us)
+            + _string_field_size(s_fallback_reason.size)
+        )
+        if reason_codes is not None:
+            items = tuple(reason_codes)  # a snapshot: the caller's list may change
+            count = len(items)
+        try:
+            if count:
+                codes = <ReasonCodeWire*>PyMem_Malloc(count * sizeof(ReasonCodeWire))
+                if codes == NULL:
+                    raise MemoryError()
+                keep = []  # owns the attribute values whose UTF-8 `codes` points into
+                for i in range(count):
+                    item = items[i]
+                    rc = &codes[i]
+                    value = item.code
+                    keep.append(value)
+                    _utf8(value, &rc.code)
+                    value = item.feature
+                    keep.append(value)
+                    _utf8(value, &rc.feature)
+                    rc.contribution_bits = _double_bits(_double(item.contribution))
+                    value = item.description
+                    keep.append(value)
+                    _utf8(value, &rc.description)
+                    rc.body_size = (
+                        _string_field_size(rc.code.size)
+                        + _string_field_size(rc.feature.size)
+                        + (0 if rc.contribution_bits == 0 else 9)
+                        + _string_field_size(rc.description.size)
+                    )
+                    size += 1 + _varint_size(<uint64_t>rc.body_size) + rc.body_size
+            out = PyBytes_FromStringAndSize(NULL, size)
+            start = <unsigned char*>PyBytes_AS_STRING(out)
+            p = _put_string(start, TAG_TRANSACTION_ID, s_transaction_id)
+            p = _put_double(p, TAG_SCORE, score_bits)
+            p = _put_varint_field(p, TAG_DECISION, v_decision)
+            p = _put_string(p, TAG_MODEL_NAME, s_model_name)
+            p = _put_string(p, TAG_MODEL_VERSION, s_model_version)
+            p = _put_varint_field(p, TAG_ARM, v_arm)
+            p = _put_varint_field(p, TAG_DECISION_SOURCE, v_decision_source)
+            for i in range(count):
+                rc = &codes[i]
+                p[0] = TAG_REASON_CODES
+                p = _put_varint(p + 1, <uint64_t>rc.body_size)
+                p = _put_string(p, TAG_RC_CODE, rc.code)
+                p = _put_string(p, TAG_RC_FEATURE, rc.feature)
+                p = _put_double(p, TAG_RC_CONTRIBUTION, rc.contribution_bits)
+                p = _put_string(p, TAG_RC_DESCRIPTION, rc.description)
+            p = _put_string(p, TAG_ROUTE, s_route)
+            p = _put_varint_field(p, TAG_CONFIG_VERSION, v_config_version)
+            p = _put_string(p, TAG_AUDIT_ID, s_audit_id)
+            p = _put_varint_field(p, TAG_SERVER_LATENCY_US, v_server_latency_us)
+            p = _put_string(p, TAG_FALLBACK_REASON, s_fallback_reason)
+        finally:
+            PyMem_Free(codes)
+        if p - start != size:  # pragma: no cover - a bug in the size pass
+            raise AssertionError(f"ScoreResponse writer wrote {p - start} of {size} bytes")
+        return out
+
+    def score_batch_response(self, responses):
+        """Returns a ScoreBatchResponse's bytes from already-encoded ScoreResponse bytes,
+        in order (field 1, each one length-delimited)."""
+        cdef tuple items = tuple(responses)  # a snapshot: the caller's list may change
+        cdef Py_ssize_t count = len(items)
+        cdef Py_ssize_t size = 0, length, i
+        cdef unsigned char* p
+        cdef unsigned char* start
+        for i in range(count):
+            item = items[i]
+            if not isinstance(item, bytes):
+                raise TypeError(
+                    f"responses[{i}] must be bytes (an encoded ScoreResponse), "
+                    f"got {type(item).__name__}"
+                )
+            length = PyBytes_GET_SIZE(item)
+            size += 1 + _varint_size(<uint64_t>length) + length
+        out = PyBytes_FromStringAndSize(NULL, size)
+        start = <unsigned char*>PyBytes_AS_STRING(out)
+        p = start
+        for i in range(count):
+            item = items[i]
+            length = PyBytes_GET_SIZE(item)
+            p[0] = TAG_BATCH_RESPONSES
+            p = _put_varint(p + 1, <uint64_t>length)
+            memcpy(p, PyBytes_AS_STRING(item), length)
+            p += length
+        return out
+
+
+# --- Fixed-bucket histogram -----------------------------------------------------------
+
+@cython.final
+cdef class Histogram:
+    """A fixed-bucket histogram with Prometheus `le` buckets, recorded per request.
+
+    The native twin of gateway/telemetry/histogram.py's Histogram (the reference; same
+    API and semantics, tested equal in tests/unit/test_histogram.py): bucket i counts
+    values <= edges[i], one more bucket counts the rest (+Inf); NaN is counted in
+    nan_count only. record() never releases the GIL, so a histogram shared by threads
+    stays consistent.
+    """
+
+    cdef double* _edges
+    cdef uint64_t* _counts
+    cdef Py_ssize_t _n  # edges; _counts has _n + 1 slots
+    cdef uint64_t _count
+    cdef uint64_t _nan_count
+    cdef double _sum
+    cdef tuple _edge_values
+
+    implementation = "native"
+
+    def __cinit__(self, edges):
+        cdef tuple values = tuple([float(e) for e in edges])
+        cdef Py_ssize_t i
+        cdef double previous = -INFINITY
+        cdef double edge
+        for i in range(len(values)):
+            edge = values[i]
+            if not isfinite(edge):
+                raise ValueError(f"histogram edges must be finite, got {edge!r} at [{i}]")
+            if i and not edge > previous:
+                raise ValueError(
+                    f"histogram edges must be strictly increasing, got {previous!r} then "
+                    f"{edge!r} at [{i}]"
+                )
+            previous = edge
+        self._n = len(values)
+        self._edges = <double*>PyMem_Malloc(max(self._n, 1) * sizeof(double))
+        self._counts = <uint64_t*>PyMem_Malloc((self._n + 1) * sizeof(uint64_t))
+        if self._edges == NULL or self._counts == NULL:
+            raise MemoryError()
+        for i in range(self._n):
+            self._edges[i] = values[i]
+        self._edge_values = values
+        self.reset()
+
+    def __dealloc__(self):
+        PyMem_Free(self._edges)
+        PyMem_Free(self._counts)
+
+    cdef inline void _record(self, double value) noexcept nogil:
+        # Lower bound: the first edge >= value (le semantics; -0.0 == 0.0), else +Inf.
+        cdef Py_ssize_t lo = 0, hi = self._n, mid
+        if value != value:
+            self._nan_count += 1
+            return
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self._edges[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        self._counts[lo] += 1
+        self._count += 1
+        self._sum += value
+
+    def record(self, double value):
+        """Counts one value."""
+        self._record(value)
+
+    def record_many(self, values):
+        """Counts each value of a 1-D float64 array, in order (== record() for each)."""
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim != 1:
+            raise ValueError(f"record_many takes a 1-D array, got {array.ndim} dimensions")
+        cdef const double[::1] view = np.ascontiguousarray(array)
+        cdef Py_ssize_t i
+        for i in range(view.shape[0]):
+            self._record(view[i])
+
+    def counts(self):
+        """Returns the per-bucket counts, uint64 [len(edges) + 1], not cumulative."""
+        out = np.empty(self._n + 1, dtype=np.uint64)
+        cdef uint64_t[::1] view = out
+        memcpy(&view[0], self._counts, (self._n + 1) * sizeof(uint64_t))
+        return out
+
+    def reset(self):
+        """Zeroes every count and the sum."""
+        cdef Py_ssize_t i
+        for i in range(self._n + 1):
+            self._counts[i] = 0
+        self._count = 0
+        self._nan_count = 0
+        self._sum = 0.0
+
+    @property
+    def edges(self):
+        """The finite upper bounds, increasing (the +Inf bucket is implied)."""
+        return self._edge_values
+
+    @property
+    def count(self):
+        """Values recorded, NaN excluded."""
+        return self._count
+
+    @property
+    def sum(self):
+        """The float64 sum of the values counted, accumulated in record order."""
+        return self._sum
+
+    @property
+    def nan_count(self):
+        """NaN values recorded (in no bucket)."""
+        return self._nan_count
+
+    def __repr__(self):
+        return f"Histogram(edges={self._edge_values!r}, count={self._count})"

@@ -1,0 +1,1 @@
+"""Per-request telemetry recorded on the serving path (histograms of latency and score)."""
