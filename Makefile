@@ -58,9 +58,125 @@ test: build models lint typecheck
 	$(BIN)/python -m pytest -q
 	@echo "--- again on the pure-Python reference (RISKWIRE_PURE_PYTHON=1)"
 	RISKWIRE_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/unit tests/native tests/integration/test_scoring.py
+	@echo "--- the wire parser's fuzz target, about a minute (make fuzz for longer)"
+	$(MAKE) --no-print-directory fuzz-tools
+	$(MAKE) --no-print-directory fuzz-smoke
 
 bench: build models
 	$(BIN)/python -m benchmarks.load.compare --models $(MODELS)
 
 clean:
 	rm -rf build $(VENV)/.built gateway/_native/*.so riskwire inference native/cython/*.c native/cython/*.cpp
+
+# --- Fuzzing and sanitizers (README: "Fuzzing and sanitizers") -----------------------
+#
+# `make fuzz` runs the atheris target tests/fuzz/fuzz_wire.py (the native wire parser
+# against protobuf, differentially) for FUZZ_SECONDS; FUZZ_ARGS go to libFuzzer (e.g.
+# FUZZ_ARGS="-jobs=2 -workers=2"); what it finds that adds coverage stays in
+# build/fuzz/corpus/wire for the next run. `make fuzz-smoke` fuzzes for 60 s from the
+# committed seeds alone (for `make test`).
+#
+# Native coverage: with clang on PATH, the extensions are first rebuilt into build/fuzz
+# (never over the in-place build) with -fsanitize=address,undefined,fuzzer-no-link and
+# run with atheris' asan_with_fuzzer.so preloaded (libFuzzer and the ASan/UBSan runtime
+# in one library): libFuzzer then counts the C++ parser's edges ("INFO: Loaded 2
+# modules (... inline 8-bit counters)" at start-up, cov: growing) and ASan/UBSan check
+# every input. Without clang (FUZZ_CLANG=no, or none installed: `apt-get install clang`)
+# it falls back to the in-place gcc build, UNINSTRUMENTED: atheris still fuzzes, guided
+# by the Python coverage of gateway.features and gateway.grpc.converters alone.
+#
+# A failing input is written to tests/fuzz/crashes/ (gitignored). Every one must be
+# minimized (make fuzz-minimize CRASH=tests/fuzz/crashes/crash-...) and the minimized
+# input copied into tests/fuzz/regressions/wire/ (committed), which
+# tests/native/test_fuzz_regressions.py replays in every test run.
+# `make fuzz-replay CRASH=...` runs one input again under the same build.
+FUZZ_SECONDS ?= 600
+FUZZ_ARGS ?=
+FUZZ_MAX_LEN ?= 4096
+CLANG ?= clang
+FUZZ_CLANG ?= $(if $(shell command -v $(CLANG)++ 2>/dev/null),yes,no)
+FUZZ_BUILD := build/fuzz
+FUZZ_CORPUS := $(FUZZ_BUILD)/corpus/wire
+FUZZ_CRASHES := tests/fuzz/crashes
+FUZZ_SANITIZE := -fsanitize=address,undefined,fuzzer-no-link -fno-sanitize=vptr,function \
+	-fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+# libFuzzer's flags; FUZZ_ARGS come after them, so they can override any.
+FUZZ_FLAGS := -max_len=$(FUZZ_MAX_LEN) -timeout=30 -rss_limit_mb=4096 \
+	-dict=tests/fuzz/wire.dict -artifact_prefix=$(FUZZ_CRASHES)/ -print_final_stats=1
+FUZZ_INPUTS := $(FUZZ_CORPUS) tests/fuzz/corpus/wire tests/fuzz/regressions/wire
+# Run as a script: -minimize_crash re-executes argv[0], whose `env python3` must be
+# the venv's.
+FUZZ_TARGET = PATH="$(abspath $(BIN)):$$PATH" tests/fuzz/fuzz_wire.py
+ATHERIS_PATH = $$($(BIN)/python -c 'import atheris; print(atheris.path())')
+ifeq ($(FUZZ_CLANG),yes)
+FUZZ_NATIVE := $(FUZZ_BUILD)/.built
+FUZZ_ENV = RISKWIRE_NATIVE_BUILD=$(FUZZ_BUILD)/lib LD_PRELOAD="$(ATHERIS_PATH)/asan_with_fuzzer.so" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+else
+FUZZ_NATIVE :=
+FUZZ_ENV =
+endif
+SANITIZE_BUILD := build/sanitize
+# Both runtimes first in the process: python itself is not built with ASan.
+SANITIZE_ENV = RISKWIRE_NATIVE_BUILD=$(SANITIZE_BUILD)/lib \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+.PHONY: fuzz fuzz-smoke fuzz-build fuzz-replay fuzz-minimize fuzz-tools sanitize
+
+# clang from Debian, for the instrumented fuzz build; where it cannot be installed (not
+# root, no apt-get) the fuzz targets fall back to the uninstrumented build.
+fuzz-tools:
+	@command -v $(CLANG)++ >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "--- apt-get install clang (native coverage for the fuzzer)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null \
+				|| echo "--- clang not installed: fuzzing without native coverage"; \
+		else echo "--- no clang and no apt-get as root: fuzzing without native coverage"; fi; }
+
+# clang, libFuzzer's edge counters, ASan and UBSan; setup.py's own flags still apply.
+$(FUZZ_BUILD)/.built: $(VENV)/.built
+	rm -rf $(FUZZ_BUILD)/lib $(FUZZ_BUILD)/temp
+	CC=$(CLANG) CXX=$(CLANG)++ LDSHARED="$(CLANG)++ -shared" LDCXXSHARED="$(CLANG)++ -shared" \
+	CFLAGS="$(FUZZ_SANITIZE)" CXXFLAGS="$(FUZZ_SANITIZE)" LDFLAGS="$(FUZZ_SANITIZE)" \
+		$(BIN)/python setup.py -q build_ext --build-lib $(FUZZ_BUILD)/lib --build-temp $(FUZZ_BUILD)/temp
+	touch $@
+
+fuzz-build: build $(FUZZ_NATIVE)
+	@mkdir -p $(FUZZ_CRASHES) $(FUZZ_CORPUS)
+	@echo "--- native coverage: $(if $(FUZZ_NATIVE),clang-instrumented with ASan+UBSan ($(FUZZ_BUILD)/lib),none: the uninstrumented in-place build (no clang))"
+
+fuzz: fuzz-build
+	$(FUZZ_ENV) $(FUZZ_TARGET) -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) $(FUZZ_ARGS) $(FUZZ_INPUTS)
+
+# From the committed seeds only, into a scratch corpus: the same ~60 s of fuzzing every
+# time, however large build/fuzz/corpus has grown.
+fuzz-smoke: fuzz-build
+	rm -rf $(FUZZ_BUILD)/smoke-corpus && mkdir -p $(FUZZ_BUILD)/smoke-corpus
+	$(FUZZ_ENV) $(FUZZ_TARGET) -max_total_time=60 $(FUZZ_FLAGS) $(FUZZ_ARGS) \
+		$(FUZZ_BUILD)/smoke-corpus tests/fuzz/corpus/wire tests/fuzz/regressions/wire
+
+fuzz-replay: fuzz-build
+	@test -n "$(CRASH)" || { echo "usage: make fuzz-replay CRASH=tests/fuzz/crashes/crash-..."; exit 2; }
+	$(FUZZ_ENV) $(FUZZ_TARGET) $(FUZZ_FLAGS) $(FUZZ_ARGS) $(CRASH)
+
+# Writes tests/fuzz/crashes/minimized-from-<sha1>.
+fuzz-minimize: fuzz-build
+	@test -n "$(CRASH)" || { echo "usage: make fuzz-minimize CRASH=tests/fuzz/crashes/crash-..."; exit 2; }
+	$(FUZZ_ENV) $(FUZZ_TARGET) -minimize_crash=1 -runs=20000 $(FUZZ_FLAGS) $(FUZZ_ARGS) $(CRASH)
+
+# gcc -fsanitize=address,undefined (RISKWIRE_SANITIZE=1 in setup.py) into build/sanitize,
+# then tests/native against it (tests.fuzz.native_build puts that build first; its
+# __main__ fails unless gateway._native loads from there). detect_leaks=0: CPython
+# never frees its interned strings, module state and arenas at exit (by design), so
+# LeakSanitizer would report thousands of leaks that are not ours; ASan's
+# use-after-free, overflow and double-free checks, and UBSan, all stay on.
+$(SANITIZE_BUILD)/.built: $(VENV)/.built
+	rm -rf $(SANITIZE_BUILD)/lib $(SANITIZE_BUILD)/temp
+	RISKWIRE_SANITIZE=1 $(BIN)/python setup.py -q build_ext \
+		--build-lib $(SANITIZE_BUILD)/lib --build-temp $(SANITIZE_BUILD)/temp
+	touch $@
+
+sanitize: build $(SANITIZE_BUILD)/.built
+	$(SANITIZE_ENV) $(BIN)/python -m tests.fuzz.native_build
+	$(SANITIZE_ENV) $(BIN)/python -m pytest -q -p tests.fuzz.native_build tests/native

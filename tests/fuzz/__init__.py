@@ -1,0 +1,1 @@
+"""The atheris fuzz target for the native wire parser, its oracle and its corpora."""
