@@ -25,7 +25,7 @@ from gateway.errors import (
     Overloaded,
     invalid,
 )
-from gateway.features.columns import Transaction
+from gateway.features.transactions import TransactionSource
 from gateway.models.repository import LoadedModel, ModelRepository
 from router.routes import (
     ArmRole,
@@ -68,9 +68,13 @@ class TransactionBatch:
     routing_keys: Sequence[Mapping[str, str]]
     """Per transaction, what the router reads: `channel` (the enum name, "" when unset)
     and STICKY_KEYS, as plain strings."""
-    transactions: Sequence[Transaction]
-    """The protobuf Transactions, opaque to the data plane: they become features in one
-    place only, `Encoder.encode_transactions`."""
+    transactions: TransactionSource
+    """The transactions as the request parser left them (protobuf Transactions or the
+    native ParsedBatch), opaque to the data plane: they become features in one place
+    only, `Encoder.encode_transactions`."""
+    amounts_usd: Callable[[], Sequence[float]] = lambda: ()
+    """Each transaction's amount in USD, for routes that match on it; computed only when
+    the table in force has such a route (a call, so that others never pay for it)."""
 
     def __len__(self) -> int:
         return len(self.transaction_ids)
@@ -164,9 +168,15 @@ class DataPlane:
         """
         versioned = self.routes.current
         n = len(batch)
-        assignments = [
-            self._assign(versioned.table, keys, options.route) for keys in batch.routing_keys
-        ]
+        table = versioned.table
+        if table.matches_amount and not options.route:
+            amounts = batch.amounts_usd()
+            assignments = [
+                self._assign(table, keys, options.route, amount)
+                for keys, amount in zip(batch.routing_keys, amounts, strict=True)
+            ]
+        else:
+            assignments = [self._assign(table, keys, options.route) for keys in batch.routing_keys]
         # Group rows by route and model version: one batcher call each, under that
         # route's budget.
         groups: dict[tuple[str, str, int], list[int]] = {}
@@ -283,9 +293,15 @@ class DataPlane:
             Tensor(out, known_outputs[out].dtype, value) for out, value in values.items()
         ]
 
-    def _assign(self, table: RouteTable, keys: Mapping[str, str], route_name: str) -> Assignment:
+    def _assign(
+        self,
+        table: RouteTable,
+        keys: Mapping[str, str],
+        route_name: str,
+        amount_usd: float = math.nan,
+    ) -> Assignment:
         try:
-            return decide(table, keys, self._bucket_of, route_name)
+            return decide(table, keys, self._bucket_of, route_name, amount_usd=amount_usd)
         except LookupError as exc:
             raise GatewayError(ErrorKind.NOT_FOUND, str(exc)) from exc
 
@@ -298,10 +314,8 @@ class DataPlane:
         deadline: float,
         budget: float,
     ) -> tuple[npt.NDArray[np.float64] | None, FallbackReason | None]:
-        txns = batch.transactions
-        if len(rows) != len(batch):
-            txns = [txns[i] for i in rows]
-        features = model.encoder.encode_transactions(txns)
+        selected = None if len(rows) == len(batch) else rows
+        features = model.encoder.encode_transactions(batch.transactions, rows=selected)
         try:
             # The batcher arms the deadline as a loop timer: the future fails with
             # DeadlineExpired when it passes, and a row still queued then never runs.

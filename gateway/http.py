@@ -8,7 +8,7 @@ counters into a registry owned by this endpoint (no global instruments).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -60,10 +60,17 @@ class _BatcherCollector(Collector):
 class HttpEndpoint:
     """Serves /healthz, /readyz and /metrics on one port."""
 
-    def __init__(self, repository: ModelRepository, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        is_ready: Callable[[], bool],
+        collectors: Sequence[Collector] = (),
+    ) -> None:
         self._is_ready = is_ready
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_BatcherCollector(repository))
+        for collector in collectors:
+            self.registry.register(collector)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:

@@ -30,13 +30,16 @@ from gateway.features.dispatch import make_hashing
 from gateway.grpc.admin import AdminServicer
 from gateway.grpc.auth import BearerTokenInterceptor
 from gateway.grpc.inference import InferenceServicer
-from gateway.grpc.scoring import ScoringServicer
+from gateway.grpc.requests import make_request_parser
+from gateway.grpc.responses import make_response_writer
+from gateway.grpc.scoring import ScoringService
 from gateway.http import HttpEndpoint
 from gateway.models.repository import ModelRepository
 from gateway.settings import Settings
+from gateway.telemetry.serving import ScoringTelemetry
 from inference import grpc_service_pb2, grpc_service_pb2_grpc
 from riskwire.admin.v1 import admin_pb2_grpc
-from riskwire.v1 import scoring_pb2, scoring_pb2_grpc
+from riskwire.v1 import scoring_pb2
 from router.routes import RouteTable, default_table, load_table_file
 from router.store import RouteStore
 
@@ -70,6 +73,8 @@ class Server:
         self.metrics_port = 0
         self.admin_token = ""
         self.encoder_implementation = ""
+        self.wire_implementation = ""
+        self.telemetry = ScoringTelemetry(settings.encoder)
 
     @property
     def ready(self) -> bool:
@@ -87,9 +92,12 @@ class Server:
         self.dataplane = DataPlane(self.repository, routes, hashing.bucket)
 
         self._data_server = grpc.aio.server(options=self._grpc_options())
-        scoring_pb2_grpc.add_ScoringServicer_to_server(
-            ScoringServicer(self.dataplane, s.grpc.max_batch_transactions), self._data_server
+        requests = make_request_parser(s.wire, s.grpc.max_batch_transactions)
+        self.wire_implementation = requests.implementation
+        scoring = ScoringService(
+            self.dataplane, requests, make_response_writer(s.wire), self.telemetry
         )
+        self._data_server.add_generic_rpc_handlers((scoring.handler(),))
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, lambda: self._ready), self._data_server
         )
@@ -115,7 +123,8 @@ class Server:
                 options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
             )
             admin_pb2_grpc.add_AdminServicer_to_server(
-                AdminServicer(self.dataplane, implementation), self._admin_server
+                AdminServicer(self.dataplane, implementation, self.wire_implementation),
+                self._admin_server,
             )
             address = f"{s.admin.host}:{s.admin.port}"
             self.admin_port = self._admin_server.add_insecure_port(address)
@@ -124,7 +133,7 @@ class Server:
             await self._admin_server.start()
 
         if s.metrics.enabled:
-            self._http = HttpEndpoint(self.repository, lambda: self._ready)
+            self._http = HttpEndpoint(self.repository, lambda: self._ready, [self.telemetry])
             self.metrics_port = await self._http.start(
                 s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
             )
@@ -133,12 +142,13 @@ class Server:
         for service in ("", *DATA_SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "riskwire serving on %s:%d (admin %d, metrics %d, encoder %s, models %s)",
+            "riskwire serving on %s:%d (admin %d, metrics %d, encoder %s, wire %s, models %s)",
             s.grpc.host,
             self.bound_port,
             self.admin_port,
             self.metrics_port,
             implementation,
+            self.wire_implementation,
             [m.key for m in self.repository.loaded()],
         )
 

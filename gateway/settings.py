@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     encoder: Literal["auto", "native", "python"] = "auto"
     """Feature encoder: native C++, the Python reference, or native when built.
     RISKWIRE_PURE_PYTHON=1 forces python."""
+    wire: Literal["auto", "native", "python"] = "auto"
+    """Scoring request parser and response writer: the native wire parser and Cython
+    writer, or protobuf's (the reference), or native when built. RISKWIRE_PURE_PYTHON=1
+    forces python."""
     workers: int = Field(1, ge=1, le=256)
     """Server processes sharing the data port with SO_REUSEPORT."""
     drain_grace_s: float = Field(10.0, ge=0.0)

@@ -238,15 +238,21 @@ def summarize(
                 else None,
                 "errors": sum(sum(s["errors"].values()) for s in mine),
             }
-        floor, candidate = row[servers[0]], row[servers[1]]
-        row["throughput_ratio"] = (
-            round(candidate["ok_per_s"] / floor["ok_per_s"], 3) if floor["ok_per_s"] else None
-        )
-        row["server_cpu_ratio"] = (
-            round(candidate["server_cpu_us_per_call"] / floor["server_cpu_us_per_call"], 3)
-            if floor["server_cpu_us_per_call"] and candidate["server_cpu_us_per_call"]
-            else None
-        )
+        floor = row[servers[0]]
+        for i, name in enumerate(servers[1:]):
+            candidate = row[name]
+            # The first candidate's ratios keep their historic keys; variants get theirs.
+            suffix = "" if i == 0 else f"/{name}"
+            row["throughput_ratio" + suffix] = (
+                round(candidate["ok_per_s"] / floor["ok_per_s"], 3)
+                if floor["ok_per_s"] and candidate["ok_per_s"]
+                else None
+            )
+            row["server_cpu_ratio" + suffix] = (
+                round(candidate["server_cpu_us_per_call"] / floor["server_cpu_us_per_call"], 3)
+                if floor["server_cpu_us_per_call"] and candidate["server_cpu_us_per_call"]
+                else None
+            )
         table[sc.key] = row
     return table
 
@@ -258,7 +264,7 @@ def _fmt(v: float | None, digits: int = 0) -> str:
 def render_markdown(doc: dict[str, Any]) -> str:
     """The human report: headline ratio, the table of medians, how and where measured."""
     m, cfg, medians = doc["machine"], doc["config"], doc["medians"]
-    floor, candidate = doc["servers"]
+    floor, candidate, *variants = doc["servers"]
     head = medians.get(HEADLINE, {})
     ratio = head.get("throughput_ratio")
     lines = [f"# riskwire against the floor: {doc['started_utc']}, {m['host']}", ""]
@@ -283,7 +289,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ]
     for sc in doc["scenarios"]:
         row = medians[sc["key"]]
-        for server in (floor, candidate):
+        for server in doc["servers"]:
             r = row[server]
             lines.append(
                 f"| {sc['title']} | {server} | {_fmt(r['ok_per_s'])} "
@@ -291,10 +297,12 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"| {_fmt(r['p50_ms'], 3)} | {_fmt(r['p99_ms'], 3)} "
                 f"| {_fmt(r['server_cpu_us_per_call'])} | {r['errors']} |"
             )
-        lines.append(
-            f"| | {candidate} / {floor} | {_fmt(row['throughput_ratio'], 2)}x | | | "
-            f"| {_fmt(row['server_cpu_ratio'], 2)}x | |"
-        )
+        for i, server in enumerate([candidate, *variants]):
+            suffix = "" if i == 0 else f"/{server}"
+            lines.append(
+                f"| | {server} / {floor} | {_fmt(row['throughput_ratio' + suffix], 2)}x | | | "
+                f"| {_fmt(row['server_cpu_ratio' + suffix], 2)}x | |"
+            )
     lines += [
         "",
         f"Medians of {cfg['reps']} repetitions, each scenario run against {floor} then "
@@ -313,6 +321,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         + (" (uncommitted changes)" if m["git_dirty"] else ""),
         f"- {floor}: `{shlex.join(doc['commands'][floor])}`",
         f"- {candidate}: `{shlex.join(doc['commands'][candidate])}`",
+        *(f"- {name}: the same with {' '.join(doc['variant_env'][name])}" for name in variants),
         "",
     ]
     return "\n".join(lines)
@@ -358,6 +367,20 @@ def _parser() -> argparse.ArgumentParser:
         help="stand a second floor server in for riskwire (checks the method itself)",
     )
     p.add_argument("--with-stream", action="store_true", help="add the ScoreStream scenario")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="also run riskwire as NAME with these environment settings, side by side "
+        "(e.g. wire-protobuf:RISKWIRE_WIRE=python)",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="run only these scenario keys (default: all)",
+    )
     p.add_argument("--server-timeout", type=float, default=120.0, help="seconds to wait for PORT")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return p
@@ -368,6 +391,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     scenarios = [*SCENARIOS, *([STREAM_SCENARIO] if args.with_stream else [])]
+    if args.scenario:
+        unknown = set(args.scenario) - {sc.key for sc in scenarios}
+        if unknown:
+            print(f"compare: unknown scenario(s) {sorted(unknown)}", file=sys.stderr)
+            return 2
+        scenarios = [sc for sc in scenarios if sc.key in args.scenario]
+    variant_env: dict[str, list[str]] = {}
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        pairs = [a for a in assignments.split(",") if a]
+        if not name or not pairs or any("=" not in a for a in pairs):
+            print(f"compare: --variant wants NAME:VAR=VALUE[,...], got {spec!r}", file=sys.stderr)
+            return 2
+        variant_env[name] = pairs
     candidate = "floor-b" if args.floor_as_riskwire else "riskwire"
     if args.floor_as_riskwire:
         riskwire_argv = FLOOR_CMD
@@ -376,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         riskwire_argv = [*RISKWIRE_ARGV, "--models", str(args.models)]
     commands = {"floor": FLOOR_CMD, candidate: riskwire_argv}
+    commands.update({name: riskwire_argv for name in variant_env})
     started = datetime.now(UTC)
     runs: list[dict[str, Any]] = []
     with (
@@ -386,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, argv_ in commands.items():
             # riskwire's state (admin token) goes to the scratch directory, not var/state.
             env = {"RISKWIRE_STATE_DIR": str(Path(logs) / f"{name}-state")}
+            for assignment in variant_env.get(name, []):
+                key, value = assignment.split("=", 1)
+                env[key] = value
             server = stack.enter_context(
                 ServerProcess(name, argv_, Path(logs) / f"{name}.log", env=env)
             )
@@ -442,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "stand_in": args.floor_as_riskwire,
         "servers": names,
         "commands": commands,
+        "variant_env": variant_env,
         "config": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,

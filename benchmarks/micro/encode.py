@@ -32,10 +32,10 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.load.machine import REPO_ROOT, describe
 from gateway.data.synth import SynthOptions, generate
@@ -47,6 +47,9 @@ from gateway.models.card import ModelCard
 from riskwire.v1 import scoring_pb2 as pb
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "micro-encode-latest.json"
+
+B = TypeVar("B")
+"""One call's argument: a batch of transactions, or a request frame."""
 
 # Every transform, over the sources of the demo models (gateway/models/train.py), so
 # the reader does the work a real card asks for: 18 sources, 42 output columns.
@@ -154,8 +157,8 @@ def received_transactions(count: int, seed: int) -> list[Transaction]:
 
 
 def time_per_call(
-    calls: dict[str, Callable[[Sequence[Transaction]], object]],
-    batches: Sequence[Sequence[Transaction]],
+    calls: Mapping[str, Callable[[B], object]],
+    batches: Sequence[B],
     repeats: int,
     run_s: float,
 ) -> dict[str, list[float]]:
@@ -235,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in implementations:
         encoder = dispatch.make_encoder(spec, name)
         for n in args.rows:
-            batches = [txns[i * n : (i + 1) * n] for i in range(args.batches)]
+            batches: list[Sequence[Transaction]] = [
+                txns[i * n : (i + 1) * n] for i in range(args.batches)
+            ]
             timed = time_per_call(paths(spec, encoder), batches, args.repeats, args.run_ms / 1000)
             for path, runs in timed.items():
                 median_us = statistics.median(runs) * 1e6

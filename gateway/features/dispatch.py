@@ -32,6 +32,7 @@ from gateway.features.spec import (
     OneHot,
     Standardize,
 )
+from gateway.features.transactions import TransactionSource
 
 if TYPE_CHECKING:
     # The stubs (gateway/_native/*.pyi) type the calls below even where nothing is built.
@@ -117,10 +118,17 @@ class Encoder(Protocol):
         """Returns float32 [n, spec.width] (`out` when given)."""
 
     def encode_transactions(
-        self, txns: Sequence[Transaction], out: npt.NDArray[np.float32] | None = None
+        self,
+        txns: TransactionSource,
+        out: npt.NDArray[np.float32] | None = None,
+        *,
+        rows: Sequence[int] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Returns float32 [len(txns), spec.width] (`out` when given), equal to
+        """Returns float32 [n, spec.width] (`out` when given), equal to
         `encode(columns_from_transactions(txns, spec.sources))`: the serving path.
+
+        `txns` are protobuf Transactions or the native wire parser's ParsedBatch;
+        `rows` picks which of them, in order (n = len(rows)); None takes all.
 
         Raises:
             UnknownCurrencyError: An amount source meets a currency the gateway lacks.
@@ -148,10 +156,15 @@ class PythonEncoder:
         return reference.encode(self._spec, columns, out)
 
     def encode_transactions(
-        self, txns: Sequence[Transaction], out: npt.NDArray[np.float32] | None = None
+        self,
+        txns: TransactionSource,
+        out: npt.NDArray[np.float32] | None = None,
+        *,
+        rows: Sequence[int] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Returns float32 [len(txns), spec.width] (`out` when given); see Encoder."""
-        return reference.encode(self._spec, self._columns(txns), out)
+        """Returns float32 [n, spec.width] (`out` when given); see Encoder."""
+        selected = transactions.protobuf_transactions(txns, rows)
+        return reference.encode(self._spec, self._columns(selected), out)
 
 
 class NativeEncoder:
@@ -211,6 +224,14 @@ class NativeEncoder:
             transactions.CHANNEL_VALUES,
             currency.UnknownCurrencyError,
         )
+        self._parsed_batch: type[_encoder.ParsedBatch] = encoder_module.ParsedBatch
+        self._input_reader: _encoder.InputReader = encoder_module.InputReader(
+            [transactions.source_read(s) for s in self._numeric],
+            [(*transactions.source_read(s), prefix) for s, prefix in self._hashed],
+            transactions.CURRENCY_SCALES,
+            transactions.CHANNEL_VALUES,
+            currency.UnknownCurrencyError,
+        )
 
     def _num(self, source: str) -> int:
         if source not in self._numeric:
@@ -243,10 +264,27 @@ class NativeEncoder:
         return self._run(numeric, hashes, result)
 
     def encode_transactions(
-        self, txns: Sequence[Transaction], out: npt.NDArray[np.float32] | None = None
+        self,
+        txns: TransactionSource,
+        out: npt.NDArray[np.float32] | None = None,
+        *,
+        rows: Sequence[int] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """Returns float32 [len(txns), spec.width] (`out` when given); see Encoder."""
+        """Returns float32 [n, spec.width] (`out` when given); see Encoder."""
         # The serving path: a few microseconds per call, so no step that can be skipped.
+        if isinstance(txns, self._parsed_batch):
+            # Straight from the request bytes: C++ reads the fields and encodes them.
+            selected = None if rows is None else np.asarray(rows, dtype=np.int64)
+            n = len(txns) if selected is None else len(selected)
+            result = reference.check_out(out, n, self._width)
+            dense = result if result.flags.c_contiguous else np.empty(result.shape, np.float32)
+            self._program.encode_parsed(self._input_reader, txns, selected, dense)
+            if dense is not result:
+                result[...] = dense
+            return result
+        if rows is not None:
+            txns = transactions.protobuf_transactions(txns, rows)
+        assert isinstance(txns, Sequence)
         if out is None:
             numeric, hashes = self._reader.read(txns)
             result = np.empty((len(txns), self._width), dtype=np.float32)

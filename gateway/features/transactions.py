@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 import numpy as np
 
@@ -147,3 +147,28 @@ class TransactionColumns:
             source: np.array([read(t) for t in txns], dtype=dtype)
             for source, read, dtype in self._reads
         }
+
+
+class ParsedTransactions(Protocol):
+    """Transactions read by the native wire parser (gateway._native._encoder.ParsedBatch)."""
+
+    def __len__(self) -> int: ...
+
+    def transaction(self, index: int) -> dict[str, Any]:
+        """Every field of transaction `index` by its proto name (converters.fields_of)."""
+        ...
+
+
+TransactionSource: TypeAlias = Sequence[Transaction] | ParsedTransactions
+"""What the encoders read: protobuf Transactions, or the native parser's batch."""
+
+
+def protobuf_transactions(
+    source: TransactionSource, rows: Sequence[int] | None = None
+) -> Sequence[Transaction]:
+    """`source`'s transactions (only `rows`, in that order, when given) as protobuf
+    messages: how the reference encoder reads a native ParsedBatch."""
+    if isinstance(source, Sequence):
+        return source if rows is None else [source[i] for i in rows]
+    indexes = range(len(source)) if rows is None else rows
+    return [scoring_pb2.Transaction(**source.transaction(i)) for i in indexes]

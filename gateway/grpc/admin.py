@@ -17,9 +17,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, dataplane: DataPlane, encoder_implementation: str) -> None:
+    def __init__(
+        self, dataplane: DataPlane, encoder_implementation: str, wire_implementation: str
+    ) -> None:
         self._dataplane = dataplane
         self._encoder = encoder_implementation
+        self._wire = wire_implementation
 
     @unary_errors
     async def GetStatus(
@@ -41,6 +44,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.GetStatusResponse(
             server_version=gateway.__version__,
             encoder=self._encoder,
+            wire=self._wire,
             config_version=self._dataplane.routes.current.config_version,
             models=models,
             worker_pid=os.getpid(),

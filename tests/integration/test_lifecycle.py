@@ -13,9 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.data.synth import SynthOptions, generate
+from gateway.features import dispatch
 from gateway.features.columns import transactions_from_table
+from gateway.telemetry.histogram import score_edges
 from riskwire.admin.v1 import admin_pb2, admin_pb2_grpc
 from riskwire.v1 import scoring_pb2 as pb
 from riskwire.v1 import scoring_pb2_grpc as pb_grpc
@@ -38,6 +41,15 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, model_repository: Path
@@ -53,14 +65,26 @@ def test_health_readiness_and_metrics(server: ServerProcess) -> None:
         for service in ("", "riskwire.v1.Scoring", "inference.GRPCInferenceService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING, service
-        txn = transactions_from_table(generate(100, 3, SynthOptions()))[0]
-        pb_grpc.ScoringStub(channel).Score(pb.ScoreRequest(transaction=txn), timeout=10)
+        txns = transactions_from_table(generate(100, 3, SynthOptions()))[:4]
+        stub = pb_grpc.ScoringStub(channel)
+        answer = stub.Score(pb.ScoreRequest(transaction=txns[0]), timeout=10)
+        stub.ScoreBatch(pb.ScoreBatchRequest(transactions=txns[1:]), timeout=10)
     assert _get(server.metrics_port, "/healthz")[0] == 200
     assert _get(server.metrics_port, "/readyz")[0] == 200
     assert _get(server.metrics_port, "/nope")[0] == 404
     status, text = _get(server.metrics_port, "/metrics")
     assert status == 200
     assert _metric(text, "riskwire_batch_rows_total") >= 1
+    # Every answered call is in the latency histogram of its method, every model score in
+    # its model's score histogram (this module's server took no other scoring calls yet).
+    samples = _samples(text)
+    latency_count = "riskwire_server_latency_seconds_count"
+    assert samples[(latency_count, (("method", "Score"),))] == 1
+    assert samples[(latency_count, (("method", "ScoreBatch"),))] == 1
+    model = (("model", answer.model_name), ("version", answer.model_version))
+    assert samples[("riskwire_model_score_count", model)] == 4
+    le = repr(next(edge for edge in score_edges() if answer.score <= edge))
+    assert samples[("riskwire_model_score_bucket", (("le", le), *model))] >= 1
 
 
 def test_reflection_lists_the_data_plane_services(server: ServerProcess) -> None:
@@ -93,7 +117,9 @@ def test_admin_needs_the_token(server: ServerProcess) -> None:
             timeout=5,
             metadata=[("authorization", f"Bearer {server.admin_token}")],
         )
-    assert status.encoder in ("native", "python")
+    # The server reports what this build and environment resolve to.
+    expected = dispatch.resolve_implementation("auto")
+    assert (status.encoder, status.wire) == (expected, expected)
     assert {(m.name, m.version) for m in status.models} >= {("fraud-gbdt", "1"), ("fraud-mlp", "1")}
     assert status.config_version == 1
 

@@ -23,10 +23,11 @@ from gateway.dataplane import (
     ScoreOptions,
 )
 from gateway.errors import ErrorKind, GatewayError, Overloaded
-from gateway.features import dispatch, hashing
+from gateway.features import currency, dispatch, hashing
 from gateway.features.columns import Transaction
 from gateway.features.spec import parse_feature_spec
 from gateway.grpc.converters import batch_from_transactions, routing_keys
+from gateway.grpc.requests import make_request_parser
 from riskwire.v1 import scoring_pb2 as pb
 from router.routes import Decision, Thresholds, decide, load_table
 from router.store import RouteStore
@@ -100,6 +101,11 @@ class FakeRepository:
         return self.models[(name, version or 1)]
 
 
+NATIVE = pytest.param(
+    "native", marks=pytest.mark.skipif(dispatch.native_error() is not None, reason="not built")
+)
+
+
 def transactions(n: int) -> list[Transaction]:
     return [
         Transaction(
@@ -159,8 +165,10 @@ def test_routing_keys_are_plain_strings() -> None:
         "merchant_id": "",
         "device_id": "d",
         "transaction_id": "t",
+        "country": "",
+        "merchant_category_code": "",
     }
-    assert set(routing_keys(txn)) == {"channel", *STICKY_KEYS}
+    assert set(routing_keys(txn)) == {"channel", "country", "merchant_category_code", *STICKY_KEYS}
     assert routing_keys(Transaction())["channel"] == ""
 
 
@@ -205,3 +213,74 @@ def test_a_full_queue_sheds_by_route_policy(fallback: str, expected: str) -> Non
     assert result.source is DecisionSource.FALLBACK
     assert result.fallback_reason is FallbackReason.OVERLOAD
     assert result.decision is Decision.DECLINE
+
+
+MATCH_ROUTES = """
+routes:
+  - name: big
+    match: {amount_usd: {min: 500}}
+    salt: big
+    arms: [{model: b, version: 1, weight: 100}]
+  - name: gb-retail
+    match: {country: [GB], mcc: ["5411", "5900-5999"]}
+    salt: gb
+    arms: [{model: b, version: 1, weight: 100}]
+  - name: default
+    salt: default
+    arms: [{model: a, version: 1, weight: 100}]
+"""
+
+
+def _expected_route(txn: Transaction) -> str:
+    if currency.to_usd(txn.amount_minor, txn.currency) >= 500:
+        return "big"
+    code = txn.merchant_category_code
+    if txn.country == "GB" and (code == "5411" or "5900" <= code <= "5999"):
+        return "gb-retail"
+    return "default"
+
+
+@pytest.mark.parametrize("wire", ["python", NATIVE])
+def test_routes_match_on_country_mcc_and_usd_amount(wire: dispatch.EncoderMode) -> None:
+    """Either request parser gives the router what it matches on, amounts in USD."""
+    rows = [
+        ("USD", 49_999, "US", "5411"),  # 499.99 USD
+        ("USD", 50_000, "US", "5411"),  # 500.00 USD: the bound is inclusive
+        ("JPY", 50_000, "GB", "7995"),  # 50,000 yen is far below 500 USD
+        ("GBP", 10_000, "GB", "5411"),
+        ("GBP", 10_000, "GB", "5950"),
+        ("GBP", 10_000, "GB", "6000"),
+        ("GBP", 10_000, "FR", "5411"),
+        ("BHD", 200_000, "GB", "0742"),  # three decimals: 200 dinars, over 500 USD
+    ]
+    txns = [
+        Transaction(
+            transaction_id=f"t{i}",
+            account_id=f"acc{i}",
+            currency=code,
+            amount_minor=minor,
+            country=country,
+            merchant_category_code=mcc,
+            timestamp_ms=1,
+            numeric_extras={"s": 0.5},
+        )
+        for i, (code, minor, country, mcc) in enumerate(rows)
+    ]
+    frame = pb.ScoreBatchRequest(transactions=txns).SerializeToString()
+    request = make_request_parser(wire, 64).score_batch_request(frame)
+    assert list(request.batch.amounts_usd()) == [
+        currency.to_usd(t.amount_minor, t.currency) for t in txns
+    ]
+    plane = DataPlane(FakeRepository(wire), RouteStore(load_table(MATCH_ROUTES)), hashing.bucket)  # type: ignore[arg-type]
+    results = asyncio.run(plane.score(request.batch, request.options))
+    assert [r.route for r in results] == [_expected_route(t) for t in txns]
+    assert [r.route for r in results] == [
+        "default",
+        "big",
+        "default",
+        "gb-retail",
+        "gb-retail",
+        "default",
+        "default",
+        "big",
+    ]
