@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, get_args
+from typing import TYPE_CHECKING, Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,15 @@ from router.routes import (
     decide,
 )
 from router.store import RouteStore
+
+if TYPE_CHECKING:
+    from gateway.shadow import ShadowRunner
+
+log = logging.getLogger("riskwire.dataplane")
+
+DRAIN_TIMEOUT_S = 30.0
+"""How long ``unload_model`` waits for a version's in-flight calls before it stops
+the version's batcher anyway (rows already queued still run)."""
 
 STICKY_KEYS: tuple[StickyKey, ...] = get_args(StickyKey)
 """Transaction fields a route may name as its sticky key."""
@@ -143,10 +153,18 @@ class DataPlane:
         repository: ModelRepository,
         routes: RouteStore,
         bucket_of: Callable[[str, str], int],
+        shadows: ShadowRunner | None = None,
     ) -> None:
         self.repository = repository
         self.routes = routes
         self._bucket_of = bucket_of
+        self.shadows = shadows
+        """Queues the shadow arms after the primary results (never awaited); None: off."""
+        self._in_flight: dict[int, int] = {}
+        """id(LoadedModel) -> calls holding it (see ``hold``); absent when none."""
+        self._drained: dict[int, asyncio.Event] = {}
+        """id(LoadedModel) -> set when its last call ends; only while an unload waits."""
+        self._unloads: set[asyncio.Task[None]] = set()
 
     async def score(
         self,
@@ -194,8 +212,16 @@ class DataPlane:
             deadline = budget if caller_deadline is None else min(budget, caller_deadline)
             models.append(model)
             waits.append(self._score_group(model, batch, rows, assignments, deadline, budget))
-        # One group per call is the common case: no gather task for it.
-        outcomes = [await waits[0]] if len(waits) == 1 else await asyncio.gather(*waits)
+        # Held from here, in the step that resolved them (no await since), to the end:
+        # an unload started meanwhile waits for this call (see unload_model).
+        for model in models:
+            self.hold(model)
+        try:
+            # One group per call is the common case: no gather task for it.
+            outcomes = [await waits[0]] if len(waits) == 1 else await asyncio.gather(*waits)
+        finally:
+            for model in models:
+                self.release(model)
         for model, rows, (scores, failure) in zip(models, groups.values(), outcomes, strict=True):
             for j, i in enumerate(rows):
                 assignment = assignments[i]
@@ -218,26 +244,122 @@ class DataPlane:
                     route=assignment.route.name,
                     config_version=versioned.config_version,
                 )
-        return [r for r in results if r is not None]
+        answered = [r for r in results if r is not None]
+        if self.shadows is not None:
+            # Queued, never awaited: the shadows run after this call has answered.
+            self.shadows.offer(batch, assignments, answered)
+        return answered
 
-    async def load_model(self, name: str) -> LoadedModel:
-        """Load the newest version of ``name`` on disk (the repository extension)."""
-        return await self.repository.load(name)
+    async def load_model(self, name: str, version: int | None = None) -> LoadedModel:
+        """Load, warm and start a model version; the newest on disk when ``version`` is None.
 
-    async def unload_model(self, name: str) -> None:
-        """Unload every version of ``name``, unless the route table in force uses it."""
+        The version is visible to routing and to the route check only once warm, so
+        the first call routed to it never pays the warm-up. Loading a version that is
+        already loaded returns it.
+
+        Raises:
+            GatewayError: NOT_FOUND (no such model or version on disk),
+                INVALID_ARGUMENT (a malformed name or version), FAILED_PRECONDITION
+                (a card or graph that does not load, with the reason), UNAVAILABLE
+                (that version is unloading).
+        """
+        return await self.repository.load(name, version)
+
+    async def unload_model(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    ) -> None:
+        """Unload one version, or every loaded version of ``name`` when None, draining it.
+
+        Ordering, all on the event loop: (1) refuse while the route table in force
+        sends traffic to it (an arm or a shadow); (2) in the same step, with no await
+        between, hide it from ``repository.get``: from then on the route check
+        (``Server._route_problems``) refuses any table naming it, and no new call can
+        resolve it; (3) check the table in force again (a no-op on one loop; it
+        guards against a writer on another thread) and put the model back if a
+        table now uses it; (4) wait up to ``drain_timeout_s`` for the calls that
+        resolved it earlier to end; (5) stop its batcher (queued rows still run) and
+        drop the session. Steps 4-5 finish even if the caller goes away.
+
+        Raises:
+            GatewayError: NOT_FOUND (not loaded); FAILED_PRECONDITION naming the
+                routes that use it.
+        """
+        self._refuse_if_routed(name, version)
+        models = self.repository.begin_unload(name, version)
+        try:
+            self._refuse_if_routed(name, version)
+        except GatewayError:
+            self.repository.restore(models)
+            raise
+        task = asyncio.get_running_loop().create_task(
+            self._drain_and_close(models, drain_timeout_s), name=f"unload-{name}"
+        )
+        self._unloads.add(task)
+        task.add_done_callback(self._unloads.discard)
+        await asyncio.shield(task)
+
+    def hold(self, model: LoadedModel) -> None:
+        """Count a call that resolved ``model``; pair with :meth:`release`.
+
+        Call it in the same step as ``repository.get`` (no await between), so that an
+        unload starting later waits for the call.
+        """
+        key = id(model)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def release(self, model: LoadedModel) -> None:
+        """The end of a call that :meth:`hold` counted."""
+        key = id(model)
+        left = self._in_flight[key] - 1
+        if left:
+            self._in_flight[key] = left
+            return
+        # Dropped at zero: the id stays ours while a caller holds the model, no longer.
+        del self._in_flight[key]
+        drained = self._drained.get(key)
+        if drained is not None:
+            drained.set()
+
+    def in_flight(self, model: LoadedModel) -> int:
+        """Calls now holding ``model``."""
+        return self._in_flight.get(id(model), 0)
+
+    def _refuse_if_routed(self, name: str, version: int | None) -> None:
         table = self.routes.current.table
         users = sorted(
             route.name
             for route in table.routes
-            if any(model == name for model, _ in route.targets())
+            if any(m == name and version in (None, v) for m, v in route.targets())
         )
         if users:
+            what = f"model {name!r}" if version is None else f"model {name!r} version {version}"
             raise GatewayError(
                 ErrorKind.FAILED_PRECONDITION,
-                f"model {name!r} serves route(s) {users}: change the routes before unloading it",
+                f"{what} serves route(s) {users} (as an arm or a shadow) in config_version "
+                f"{self.routes.current.config_version}: change the routes before unloading it",
             )
-        await self.repository.unload(name)
+
+    async def _drain_and_close(self, models: Sequence[LoadedModel], timeout_s: float) -> None:
+        waiting = {id(m): m for m in models if id(m) in self._in_flight}
+        events = {key: self._drained.setdefault(key, asyncio.Event()) for key in waiting}
+        try:
+            async with asyncio.timeout(timeout_s):
+                for event in events.values():
+                    await event.wait()
+        except TimeoutError:
+            log.warning(
+                "unload: %s still had calls in flight after %.1f s; stopping anyway",
+                [m.key for key, m in waiting.items() if key in self._in_flight],
+                timeout_s,
+            )
+        finally:
+            for key in events:
+                self._drained.pop(key, None)
+        await self.repository.finish_unload(models)
 
     async def infer_tensors(
         self,
@@ -285,10 +407,13 @@ class DataPlane:
                 raise invalid(f"model {model.key}: no output named {out!r}; outputs are {names}")
         if caller_deadline is not None and caller_deadline <= time.monotonic():
             raise DeadlineExpired("the call's deadline passed before the model ran")
+        self.hold(model)  # no await since `get`: an unload waits for this call
         try:
             values = await model.batcher.run_in_worker(model.runtime.run, feeds, outputs)
         except Exception as exc:  # ONNX Runtime's own errors carry the model's reason
             raise BackendFailure(f"model {model.key} failed: {exc}") from exc
+        finally:
+            self.release(model)
         return model, [
             Tensor(out, known_outputs[out].dtype, value) for out, value in values.items()
         ]

@@ -6,7 +6,8 @@ Field numbers follow Triton's published grpc_service.proto, so the official
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from gateway.dataplane import DataPlane, Tensor, decode_tensor, parse_version
 from gateway.errors import GatewayError, invalid
 from gateway.grpc.converters import caller_deadline
 from gateway.grpc.errors import stream_errors, unary_errors
+from gateway.models.repository import ModelState
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -55,6 +57,67 @@ def tensors_from_request(request: pb.ModelInferRequest) -> list[Tensor]:
             )
         )
     return tensors
+
+
+def versions_to_load(
+    parameters: Mapping[str, pb.ModelRepositoryParameter], on_disk: list[int]
+) -> list[int | None]:
+    """The versions a RepositoryModelLoad asks for; ``[None]``: the newest on disk.
+
+    Triton picks versions by the model config's ``version_policy``, which its
+    clients send as the ``config`` parameter (JSON, e.g. ``tritonclient``'s
+    ``load_model(name, config='{"version_policy": {"specific": {"versions": [2]}}}')``);
+    ``latest`` (``num_versions``) and ``all`` work too. A ``version`` parameter
+    (int64 or string) is riskwire's shorter form. Other config fields are ignored:
+    the model card configures the model.
+    """
+    version = version_parameter(parameters)
+    if version is not None:
+        return [version]
+    config = parameters.get("config")
+    if config is None:
+        return [None]
+    text = config.string_param or config.bytes_param.decode("utf-8", "replace")
+    try:
+        policy = json.loads(text).get("version_policy") if text else None
+    except (ValueError, AttributeError) as exc:
+        raise invalid(f"parameter 'config' must be a JSON object: {exc}") from None
+    if not policy:
+        return [None]
+    if not isinstance(policy, dict) or len(policy) != 1:
+        raise invalid(f"config version_policy must name one of specific/latest/all: {policy}")
+    if "specific" in policy:
+        versions = (policy["specific"] or {}).get("versions") or []
+        if not versions or not all(str(v).isdigit() and int(v) >= 1 for v in versions):
+            raise invalid(f"version_policy.specific.versions must be positive integers: {versions}")
+        return [int(v) for v in sorted({int(v) for v in versions})]
+    if "latest" in policy:
+        count = int((policy["latest"] or {}).get("num_versions", 1))
+        if count < 1:
+            raise invalid(f"version_policy.latest.num_versions must be >= 1, got {count}")
+        newest = sorted(on_disk)[-count:]
+        return list(newest) if newest else [None]
+    if "all" in policy:
+        return list(sorted(on_disk)) or [None]
+    raise invalid(f"config version_policy must be specific, latest or all: {policy}")
+
+
+def version_parameter(parameters: Mapping[str, pb.ModelRepositoryParameter]) -> int | None:
+    """The ``version`` parameter of a repository request (riskwire's); None when absent."""
+    param = parameters.get("version")
+    if param is None:
+        return None
+    choice = param.WhichOneof("parameter_choice")
+    if choice == "int64_param" and param.int64_param >= 1:
+        return param.int64_param
+    if choice == "string_param":
+        if not param.string_param:
+            return None
+        parsed = parse_version(param.string_param)
+        if parsed is not None:
+            return parsed
+    value = getattr(param, choice) if choice else "nothing"
+    raise invalid(f"parameter 'version' must be a positive integer, got {value!r}")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -132,36 +195,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
-        repo = self._dataplane.repository
-        loaded = {(m.name, m.version) for m in repo.loaded()}
         index = pb.RepositoryIndexResponse.ModelIndex
-        models = []
-        for name, version in repo.available():
-            ready = (name, version) in loaded
-            if request.ready and not ready:
-                continue
-            models.append(
-                index(
-                    name=name,
-                    version=str(version),
-                    state="READY" if ready else "UNAVAILABLE",
-                    reason="" if ready else "unloaded",
-                )
-            )
-        return pb.RepositoryIndexResponse(models=models)
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=s.name, version=str(s.version), state=s.state, reason=s.reason)
+                for s in self._dataplane.repository.statuses()
+                if s.state is ModelState.READY or not request.ready
+            ]
+        )
 
     @unary_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        await self._dataplane.load_model(request.model_name)
+        on_disk = [v for n, v in self._dataplane.repository.available() if n == request.model_name]
+        for version in versions_to_load(request.parameters, on_disk):
+            await self._dataplane.load_model(request.model_name, version)
         return pb.RepositoryModelLoadResponse()
 
     @unary_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._dataplane.unload_model(request.model_name)
+        # Triton's unload_dependents parameter has nothing to act on here: no ensembles.
+        version = version_parameter(request.parameters)
+        await self._dataplane.unload_model(request.model_name, version)
         return pb.RepositoryModelUnloadResponse()
 
     async def _infer(
