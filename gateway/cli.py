@@ -1,4 +1,4 @@
-"""The ``riskwire`` command: serve, score, data generate, models train."""
+"""The ``riskwire`` command: serve, score, routes, data generate, models train."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+
+from gateway.routes_cli import add_routes_commands
 
 DEFAULT_MODELS = Path("var/models")
 DEFAULT_DATA = Path("var/data/transactions.csv")
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--explain", action="store_true")
     score.add_argument("--timeout-ms", type=float, default=1000.0)
     score.set_defaults(func=_score)
+
+    add_routes_commands(commands)
 
     data = commands.add_parser("data", help="synthetic transactions").add_subparsers(
         dest="data_command", required=True

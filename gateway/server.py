@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from gateway.audit_sink import AuditSink, LoggingAuditSink
 from gateway.backends.onnxruntime import preferred_providers
 from gateway.dataplane import DataPlane
 from gateway.features.dispatch import make_hashing
@@ -35,7 +36,9 @@ from gateway.grpc.responses import make_response_writer
 from gateway.grpc.scoring import ScoringService
 from gateway.http import HttpEndpoint
 from gateway.models.repository import ModelRepository
+from gateway.routes_watch import RoutesFileWatcher
 from gateway.settings import Settings
+from gateway.shadow import ShadowRunner
 from gateway.telemetry.serving import ScoringTelemetry
 from inference import grpc_service_pb2, grpc_service_pb2_grpc
 from riskwire.admin.v1 import admin_pb2_grpc
@@ -75,6 +78,10 @@ class Server:
         self.encoder_implementation = ""
         self.wire_implementation = ""
         self.telemetry = ScoringTelemetry(settings.encoder)
+        self.audit: AuditSink = LoggingAuditSink()
+        """Admin refusals and accepted config changes; the audit log replaces it."""
+        self._routes_watch: RoutesFileWatcher | None = None
+        self.shadows = ShadowRunner(self.repository, settings.shadow, settings.encoder)
 
     @property
     def ready(self) -> bool:
@@ -88,8 +95,18 @@ class Server:
         hashing = make_hashing(s.encoder)
         implementation = hashing.implementation
         self.encoder_implementation = implementation
-        routes = RouteStore(table, self._route_problems)
-        self.dataplane = DataPlane(self.repository, routes, hashing.bucket)
+        routes = RouteStore(
+            table,
+            self._route_problems,
+            listener=self.audit.config_changed,
+            actor="startup",
+            reason=f"routes file {s.routes_file}" if s.routes_file else "default route",
+        )
+        if s.shadow.enabled:
+            self.shadows.start()
+        self.dataplane = DataPlane(
+            self.repository, routes, hashing.bucket, self.shadows if s.shadow.enabled else None
+        )
 
         self._data_server = grpc.aio.server(options=self._grpc_options())
         requests = make_request_parser(s.wire, s.grpc.max_batch_transactions)
@@ -119,7 +136,7 @@ class Server:
         if s.admin.enabled:
             self.admin_token = admin_token(s)
             self._admin_server = grpc.aio.server(
-                interceptors=[BearerTokenInterceptor(self.admin_token)],
+                interceptors=[BearerTokenInterceptor(self.admin_token, self.audit)],
                 options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
             )
             admin_pb2_grpc.add_AdminServicer_to_server(
@@ -133,10 +150,16 @@ class Server:
             await self._admin_server.start()
 
         if s.metrics.enabled:
-            self._http = HttpEndpoint(self.repository, lambda: self._ready, [self.telemetry])
+            self._http = HttpEndpoint(
+                self.repository, lambda: self._ready, [self.telemetry, self.shadows]
+            )
             self.metrics_port = await self._http.start(
                 s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
             )
+
+        if s.routes_file is not None and s.routes_poll_s > 0:
+            self._routes_watch = RoutesFileWatcher(s.routes_file, routes, s.routes_poll_s)
+            self._routes_watch.start()
 
         self._ready = True
         for service in ("", *DATA_SERVICES):
@@ -156,6 +179,8 @@ class Server:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for ``grace`` s."""
         grace = self.settings.drain_grace_s if grace is None else grace
         self._ready = False
+        if self._routes_watch is not None:
+            await self._routes_watch.stop()
         await self.health.enter_graceful_shutdown()
         if self._data_server is not None:
             await self._data_server.stop(grace)
@@ -163,6 +188,8 @@ class Server:
             await self._admin_server.stop(0)
         if self._http is not None:
             await self._http.stop()
+        # After the data plane's drain (no more offers), before the batchers close.
+        await self.shadows.stop()
         await self.repository.close()
 
     async def wait_for_termination(self) -> None:

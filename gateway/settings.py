@@ -81,6 +81,34 @@ class BatchingSettings(_Section):
     """Batches of each size run at load so the first live call is not the slow one."""
 
 
+class ShadowSettings(_Section):
+    """Shadow arms (a route's ``shadows``): scored after the primary answer is sent,
+    from a bounded queue that is shed first under load, and compared with the primary
+    (gateway/shadow.py; counters on /metrics and the Admin API)."""
+
+    enabled: bool = True
+    """Score the routes' shadow arms; false: they are neither scored nor counted."""
+    queue_rows: int = Field(4096, ge=1)
+    """Most shadow scorings (one transaction for one shadow model) waiting; one that
+    finds the queue full is dropped and counted as shed, never waited for. Room for a
+    few full ScoreBatch calls (``grpc.max_batch_transactions``) beside unary traffic."""
+    round_rows: int = Field(64, ge=1)
+    """Most queued scorings taken at once; each shadow model gets them as one encoder
+    call per request and one batcher submission."""
+    max_delay_ms: float = Field(10.0, ge=0.0, le=1000.0)
+    """How long the consumer, woken by new work, lets a round gather before taking it
+    (shadow answers are not urgent): fewer, larger model calls, and the primary answers
+    long out first. 0: take what is queued at the next turn of the event loop."""
+    shed_above_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    """Shed (drop, counted) a shadow model's rows while its batcher holds more than
+    this fraction of ``batching.queue_rows``: its primary traffic comes first."""
+    deadline_ms: float = Field(1000.0, gt=0.0)
+    """How long a shadow scoring may wait in its model's batcher; past it, an error."""
+    drain_grace_s: float = Field(1.0, ge=0.0)
+    """On shutdown, after the data plane has drained: how long queued shadow work may
+    still run; what is left is dropped and counted as shed."""
+
+
 class ModelSettings(_Section):
     repository: Path = Path("var/models")
     """Model repository: ``<name>/<version>/{model.onnx, card.yaml}``."""
@@ -107,8 +135,12 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     batching: BatchingSettings = BatchingSettings()
     models: ModelSettings = ModelSettings()
+    shadow: ShadowSettings = ShadowSettings()
     routes_file: Path | None = None
     """Routes YAML; unset: one default route to the repository's champion."""
+    routes_poll_s: float = Field(1.0, ge=0.0)
+    """How often the routes file is checked for changes (mtime, size, content hash); a
+    changed file is validated and applied like an Admin ApplyRoutes. 0: not watched."""
     state_dir: Path = Path("var/state")
     """Where the server keeps files it writes (admin token)."""
     encoder: Literal["auto", "native", "python"] = "auto"

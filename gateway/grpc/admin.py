@@ -1,19 +1,74 @@
-"""riskwire.admin.v1.Admin: read-only status for now; the router issue adds writes."""
+"""riskwire.admin.v1.Admin: status, route changes, canaries, models, shadows.
+
+Thin: each method converts the request, calls ``gateway.operations.Operations`` and
+converts back; ``unary_errors`` maps every GatewayError kind to its status.
+"""
 
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from typing import Any
 
 import grpc
 
 import gateway
 from gateway.dataplane import DataPlane
+from gateway.grpc.auth import actor_of
 from gateway.grpc.errors import unary_errors
+from gateway.operations import Change, HistoryRecord, ModelInfo, Operations
+from gateway.shadow import ShadowComparison
 from riskwire.admin.v1 import admin_pb2 as pb
 from riskwire.admin.v1 import admin_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _expected(version: int) -> int | None:
+    """0 on the wire means "no compare-and-swap check"."""
+    return version or None
+
+
+def _actor(context: Context) -> str:
+    return actor_of(context.invocation_metadata())
+
+
+def history_entry(record: HistoryRecord) -> pb.HistoryEntry:
+    return pb.HistoryEntry(
+        config_version=record.config_version,
+        applied_at=record.applied_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        actor=record.actor,
+        reason=record.reason,
+        kind=str(record.kind),
+        diff=record.diff,
+    )
+
+
+def model_entry(model: ModelInfo) -> pb.ModelEntry:
+    return pb.ModelEntry(
+        name=model.name,
+        version=model.version,
+        ready=model.ready,
+        approval_status=model.approval_status,
+        in_use=bool(model.routes),
+        routes=model.routes,
+    )
+
+
+def shadow_comparison(record: ShadowComparison) -> pb.ShadowComparison:
+    return pb.ShadowComparison(
+        route=record.route,
+        shadow_model=record.shadow_model,
+        shadow_version=record.shadow_version,
+        compared=record.compared,
+        agreements=record.agreements,
+        agreement_rate=record.agreement_rate,
+        flips=record.flips,
+        score_diff_mean=record.score_diff_mean,
+        score_diff_quantiles=record.score_diff_quantiles,
+        shed=record.shed,
+        errors=record.errors,
+    )
 
 
 class AdminServicer(pb_grpc.AdminServicer):
@@ -21,6 +76,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         self, dataplane: DataPlane, encoder_implementation: str, wire_implementation: str
     ) -> None:
         self._dataplane = dataplane
+        self._operations = Operations(dataplane)
         self._encoder = encoder_implementation
         self._wire = wire_implementation
 
@@ -58,3 +114,117 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.GetRoutesResponse(
             config_version=current.config_version, routes_yaml=current.table.to_yaml()
         )
+
+    @unary_errors
+    async def ValidateRoutes(
+        self, request: pb.ValidateRoutesRequest, context: Context
+    ) -> pb.ValidateRoutesResponse:
+        result = self._operations.validate(request.routes_yaml)
+        return pb.ValidateRoutesResponse(
+            valid=not result.problems,
+            problems=result.problems,
+            diff=result.diff,
+            config_version=result.config_version,
+        )
+
+    @unary_errors
+    async def ApplyRoutes(
+        self, request: pb.ApplyRoutesRequest, context: Context
+    ) -> pb.ApplyRoutesResponse:
+        change = self._operations.apply(
+            request.routes_yaml,
+            _expected(request.expected_config_version),
+            _actor(context),
+            request.reason,
+        )
+        return pb.ApplyRoutesResponse(config_version=change.config_version, diff=change.diff)
+
+    @unary_errors
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: Context
+    ) -> pb.GetHistoryResponse:
+        records = self._operations.history(request.limit)
+        return pb.GetHistoryResponse(entries=[history_entry(r) for r in records])
+
+    @unary_errors
+    async def RollbackRoutes(
+        self, request: pb.RollbackRoutesRequest, context: Context
+    ) -> pb.RollbackRoutesResponse:
+        change: Change = self._operations.rollback(
+            request.to_config_version,
+            _expected(request.expected_config_version),
+            _actor(context),
+            request.reason,
+        )
+        return pb.RollbackRoutesResponse(config_version=change.config_version, diff=change.diff)
+
+    @unary_errors
+    async def PromoteCanary(
+        self, request: pb.PromoteCanaryRequest, context: Context
+    ) -> pb.PromoteCanaryResponse:
+        change = self._operations.promote(
+            request.route,
+            _expected(request.expected_config_version),
+            _actor(context),
+            request.reason,
+        )
+        return pb.PromoteCanaryResponse(config_version=change.config_version, diff=change.diff)
+
+    @unary_errors
+    async def GetCanaryStatus(
+        self, request: pb.GetCanaryStatusRequest, context: Context
+    ) -> pb.GetCanaryStatusResponse:
+        config_version, states = self._operations.canary_status(request.route or None)
+        canaries = []
+        for state in states:
+            guards = state.guards
+            canary = pb.CanaryStatus(
+                route=state.route,
+                model=state.model,
+                version=state.version,
+                weight=state.weight,
+                steps=state.steps,
+                next_step=state.next_step or 0.0,
+                next_is_promote=state.next_step is None,
+                interval_s=state.interval_s,
+                min_requests=state.min_requests,
+                guards=pb.CanaryGuards(
+                    p99_ms=guards.p99_ms,
+                    error_rate=guards.error_rate,
+                    score_psi=guards.score_psi,
+                    decline_rate_delta=guards.decline_rate_delta,
+                ),
+            )
+            if state.last_change is not None:
+                canary.last_change.CopyFrom(history_entry(state.last_change))
+            canaries.append(canary)
+        return pb.GetCanaryStatusResponse(config_version=config_version, canaries=canaries)
+
+    @unary_errors
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[model_entry(m) for m in self._operations.list_models()]
+        )
+
+    @unary_errors
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: Context
+    ) -> pb.LoadModelResponse:
+        model = await self._operations.load_model(request.name, request.version or None)
+        return pb.LoadModelResponse(model=model_entry(model))
+
+    @unary_errors
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: Context
+    ) -> pb.UnloadModelResponse:
+        await self._operations.unload_model(request.name, request.version or None)
+        return pb.UnloadModelResponse()
+
+    @unary_errors
+    async def GetShadowComparison(
+        self, request: pb.GetShadowComparisonRequest, context: Context
+    ) -> pb.GetShadowComparisonResponse:
+        records = self._operations.shadow_comparisons(request.route or None)
+        return pb.GetShadowComparisonResponse(comparisons=[shadow_comparison(r) for r in records])

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for the admin plane."""
+"""Bearer-token authentication for the admin plane, with every refusal reported."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from gateway.audit_sink import AuditSink, LoggingAuditSink
+
 if TYPE_CHECKING:  # generic only in the stubs
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Handler = grpc.RpcMethodHandler[Any, Any]
@@ -15,32 +17,66 @@ else:
     _Interceptor = grpc.aio.ServerInterceptor
     _Handler = grpc.RpcMethodHandler
 
+ACTOR_METADATA = "x-riskwire-actor"
+"""Metadata key naming who makes an admin call; the token itself names nobody."""
+DEFAULT_ACTOR = "admin"
+
+
+def actor_of(metadata: Any) -> str:
+    """The caller's ``x-riskwire-actor`` value, or ``"admin"`` when absent or empty."""
+    for key, value in metadata or ():
+        if key == ACTOR_METADATA:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            # One line, bounded: it lands in logs and history.
+            text = " ".join(text.split())[:128]
+            if text:
+                return text
+    return DEFAULT_ACTOR
+
 
 class BearerTokenInterceptor(_Interceptor):
-    """Refuse every call without ``authorization: Bearer <token>`` (UNAUTHENTICATED)."""
+    """Refuse every call without ``authorization: Bearer <token>`` (UNAUTHENTICATED).
 
-    def __init__(self, token: str) -> None:
+    Each refusal goes to the audit sink with the method, the peer and why.
+    """
+
+    def __init__(self, token: str, audit: AuditSink | None = None) -> None:
         if not token:
             raise ValueError("the admin token must not be empty")
         self._expected = f"Bearer {token}".encode()
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "admin calls need metadata 'authorization: Bearer <token>' with the admin token",
-            )
-
-        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+        self._audit: AuditSink = audit or LoggingAuditSink()
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
+        given: bytes | None = None
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-                # Constant-time comparison: no timing oracle on the token.
-                if hmac.compare_digest(given, self._expected):
-                    return await continuation(handler_call_details)
-        return self._refusal
+                break
+        if given is not None and hmac.compare_digest(given, self._expected):
+            # Constant-time comparison: no timing oracle on the token.
+            return await continuation(handler_call_details)
+        if given is None:
+            reason = "no authorization metadata"
+        elif not given.startswith(b"Bearer "):
+            reason = "authorization is not a bearer token"
+        else:
+            reason = "wrong bearer token"
+        return self._refusal(handler_call_details.method, reason)
+
+    def _refusal(self, method: str, reason: str) -> _Handler:
+        audit = self._audit
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            # The peer is known only here, inside the call.
+            audit.admin_refused(method, context.peer(), reason)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"admin calls need metadata 'authorization: Bearer <token>' with the admin "
+                f"token ({reason})",
+            )
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
