@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.audit_sink import AuditSink, LoggingAuditSink
 from gateway.backends.onnxruntime import preferred_providers
+from gateway.canary import CanaryController
 from gateway.dataplane import DataPlane
 from gateway.features.dispatch import make_hashing
 from gateway.grpc.admin import AdminServicer
@@ -82,6 +83,8 @@ class Server:
         """Admin refusals and accepted config changes; the audit log replaces it."""
         self._routes_watch: RoutesFileWatcher | None = None
         self.shadows = ShadowRunner(self.repository, settings.shadow, settings.encoder)
+        self.canary: CanaryController | None = None
+        """Walks the canary arms' ramps; made once the routes are in force."""
 
     @property
     def ready(self) -> bool:
@@ -104,8 +107,13 @@ class Server:
         )
         if s.shadow.enabled:
             self.shadows.start()
+        canary = self.canary = CanaryController(routes, s.canary, histogram_mode=s.encoder)
         self.dataplane = DataPlane(
-            self.repository, routes, hashing.bucket, self.shadows if s.shadow.enabled else None
+            self.repository,
+            routes,
+            hashing.bucket,
+            self.shadows if s.shadow.enabled else None,
+            canary if s.canary.enabled else None,
         )
 
         self._data_server = grpc.aio.server(options=self._grpc_options())
@@ -136,7 +144,11 @@ class Server:
         if s.admin.enabled:
             self.admin_token = admin_token(s)
             self._admin_server = grpc.aio.server(
-                interceptors=[BearerTokenInterceptor(self.admin_token, self.audit)],
+                interceptors=[
+                    BearerTokenInterceptor(
+                        self.admin_token, self.audit, transport_authenticated=s.admin.mtls
+                    )
+                ],
                 options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
             )
             admin_pb2_grpc.add_AdminServicer_to_server(
@@ -144,14 +156,19 @@ class Server:
                 self._admin_server,
             )
             address = f"{s.admin.host}:{s.admin.port}"
-            self.admin_port = self._admin_server.add_insecure_port(address)
+            if s.admin.mtls:
+                self.admin_port = self._admin_server.add_secure_port(
+                    address, admin_tls_credentials(s)
+                )
+            else:
+                self.admin_port = self._admin_server.add_insecure_port(address)
             if self.admin_port == 0:
                 raise OSError(f"could not bind the admin plane to {address}")
             await self._admin_server.start()
 
         if s.metrics.enabled:
             self._http = HttpEndpoint(
-                self.repository, lambda: self._ready, [self.telemetry, self.shadows]
+                self.repository, lambda: self._ready, [self.telemetry, self.shadows, canary]
             )
             self.metrics_port = await self._http.start(
                 s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
@@ -160,6 +177,7 @@ class Server:
         if s.routes_file is not None and s.routes_poll_s > 0:
             self._routes_watch = RoutesFileWatcher(s.routes_file, routes, s.routes_poll_s)
             self._routes_watch.start()
+        canary.start()
 
         self._ready = True
         for service in ("", *DATA_SERVICES):
@@ -181,6 +199,9 @@ class Server:
         self._ready = False
         if self._routes_watch is not None:
             await self._routes_watch.stop()
+        if self.canary is not None:
+            # No route change during the drain; before the repository closes.
+            await self.canary.stop()
         await self.health.enter_graceful_shutdown()
         if self._data_server is not None:
             await self._data_server.stop(grace)
@@ -234,12 +255,28 @@ class Server:
         return table.problems_against(available)
 
 
+def admin_tls_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """Mutual TLS for the admin port: clients must present a certificate of the CA."""
+    a = settings.admin
+    assert a.tls_cert_file and a.tls_key_file and a.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(a.tls_key_file.read_bytes(), a.tls_cert_file.read_bytes())],
+        root_certificates=a.tls_client_ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+
+
 def admin_token(settings: Settings) -> str:
     """The admin bearer token: from ``admin.token_file``, else ``<state_dir>/admin.token``.
 
     The state-dir token is made once (random, mode 0600, O_EXCL so two processes
     never write two tokens) and then reused; ``serve`` makes it before starting workers.
     """
+    if settings.admin.token is not None:
+        token = settings.admin.token.get_secret_value().strip()
+        if not token:
+            raise ValueError("admin.token is set but empty")
+        return token
     token_file = settings.admin.token_file
     if token_file is None:
         token_file = settings.state_dir / "admin.token"

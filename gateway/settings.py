@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,8 +46,33 @@ class AdminSettings(_Section):
     port: int = Field(50052, ge=0, le=65535)
     """Admin port; never the data-plane port."""
     token_file: Path | None = None
-    """File holding the bearer token. Unset: a random token is made at start and
-    written to ``<state_dir>/admin.token`` (mode 0600)."""
+    """File holding the bearer token. Unset (and no ``token``): a random token is made
+    at start and written to ``<state_dir>/admin.token`` (mode 0600)."""
+    token: SecretStr | None = None
+    """The bearer token itself, for secret stores that inject environment variables
+    (``RISKWIRE_ADMIN__TOKEN``); wins over ``token_file``. Never logged."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of the admin port. With ``tls_key_file`` and
+    ``tls_client_ca_file``: mutual TLS, where a client certificate signed by that CA
+    authenticates a call instead of the bearer token (a client without one fails the
+    TLS handshake: UNAVAILABLE, before any call)."""
+    tls_key_file: Path | None = None
+    """PEM private key for ``tls_cert_file``."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA certificates that client certificates must chain to."""
+
+    @model_validator(mode="after")
+    def _tls_whole(self) -> AdminSettings:
+        given = [self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file]
+        if any(given) and not all(given):
+            raise ValueError(
+                "admin mTLS needs tls_cert_file, tls_key_file and tls_client_ca_file together"
+            )
+        return self
+
+    @property
+    def mtls(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 class MetricsSettings(_Section):
@@ -109,6 +134,20 @@ class ShadowSettings(_Section):
     still run; what is left is dropped and counted as shed."""
 
 
+class CanarySettings(_Section):
+    """The canary controller (gateway/canary.py): it walks each route's canary up its
+    ``canary.steps`` while the guards hold and rolls it back to 0 when one fails, each
+    move a new config_version with its reason and figures."""
+
+    enabled: bool = True
+    """Run the controller; false: canary arms keep the weight written in the routes
+    until an operator changes it (PromoteCanary, ApplyRoutes)."""
+    tick_s: float = Field(1.0, gt=0.0, le=60.0)
+    """How often each canary route's windows are evaluated. A route's ``interval_s``
+    and ``min_requests`` decide when it steps; this bounds how late that is noticed,
+    and how long a failing canary serves before its rollback."""
+
+
 class ModelSettings(_Section):
     repository: Path = Path("var/models")
     """Model repository: ``<name>/<version>/{model.onnx, card.yaml}``."""
@@ -136,6 +175,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     models: ModelSettings = ModelSettings()
     shadow: ShadowSettings = ShadowSettings()
+    canary: CanarySettings = CanarySettings()
     routes_file: Path | None = None
     """Routes YAML; unset: one default route to the repository's champion."""
     routes_poll_s: float = Field(1.0, ge=0.0)

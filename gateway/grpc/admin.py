@@ -30,7 +30,7 @@ def _expected(version: int) -> int | None:
 
 
 def _actor(context: Context) -> str:
-    return actor_of(context.invocation_metadata())
+    return actor_of(context.invocation_metadata(), context.auth_context())
 
 
 def history_entry(record: HistoryRecord) -> pb.HistoryEntry:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,8 +22,9 @@ ACTOR_METADATA = "x-riskwire-actor"
 DEFAULT_ACTOR = "admin"
 
 
-def actor_of(metadata: Any) -> str:
-    """The caller's ``x-riskwire-actor`` value, or ``"admin"`` when absent or empty."""
+def actor_of(metadata: Any, auth_context: Mapping[str, Any] | None = None) -> str:
+    """The caller's ``x-riskwire-actor`` value; else, over mutual TLS, ``cn:<common name>``
+    of its certificate; else ``"admin"``."""
     for key, value in metadata or ():
         if key == ACTOR_METADATA:
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
@@ -31,6 +32,10 @@ def actor_of(metadata: Any) -> str:
             text = " ".join(text.split())[:128]
             if text:
                 return text
+    names = (auth_context or {}).get("x509_common_name") or []
+    if names:
+        name = names[0].decode(errors="replace") if isinstance(names[0], bytes) else names[0]
+        return "cn:" + " ".join(str(name).split())[:128]
     return DEFAULT_ACTOR
 
 
@@ -40,17 +45,25 @@ class BearerTokenInterceptor(_Interceptor):
     Each refusal goes to the audit sink with the method, the peer and why.
     """
 
-    def __init__(self, token: str, audit: AuditSink | None = None) -> None:
+    def __init__(
+        self, token: str, audit: AuditSink | None = None, *, transport_authenticated: bool = False
+    ) -> None:
+        """``transport_authenticated``: the port runs mutual TLS that requires and
+        verifies a client certificate, so every call that reaches us is authenticated
+        and the token is not asked for."""
         if not token:
             raise ValueError("the admin token must not be empty")
         self._expected = f"Bearer {token}".encode()
         self._audit: AuditSink = audit or LoggingAuditSink()
+        self._transport_authenticated = transport_authenticated
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
+        if self._transport_authenticated:
+            return await continuation(handler_call_details)
         given: bytes | None = None
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":

@@ -49,3 +49,27 @@ def test_admin_token_is_made_once_and_reused(tmp_path: Path) -> None:
     given = tmp_path / "token"
     given.write_text("from-a-secret\n")
     assert admin_token(load_settings(None, **{"admin.token_file": given})) == "from-a-secret"
+
+
+def test_admin_token_from_the_environment_wins_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.server import admin_token
+
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("from-the-file\n")
+    monkeypatch.setenv("RISKWIRE_ADMIN__TOKEN_FILE", str(token_file))
+    assert admin_token(load_settings(None)) == "from-the-file"
+    monkeypatch.setenv("RISKWIRE_ADMIN__TOKEN", "from-the-secret-store")
+    settings = load_settings(None)
+    assert admin_token(settings) == "from-the-secret-store"
+    assert "from-the-secret-store" not in repr(settings)  # a SecretStr: never logged
+
+
+def test_admin_mtls_needs_all_three_files(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    with pytest.raises(ValidationError, match="together"):
+        Settings.model_validate({"admin": {"tls_cert_file": pem, "tls_key_file": pem}})
+    whole = {"tls_cert_file": pem, "tls_key_file": pem, "tls_client_ca_file": pem}
+    assert Settings.model_validate({"admin": whole}).admin.mtls
+    assert not Settings().admin.mtls
