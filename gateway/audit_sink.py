@@ -48,11 +48,13 @@ class LoggingAuditSink:
     def config_changed(self, change: ConfigChange) -> None:
         self._log.info(
             "config change: config_version=%d, previous_version=%d, kind=%s, actor=%s, "
-            "reason=%s, diff=%s",
+            "reason=%s, diff=%s, figures=%s",
             change.config_version,
             change.previous_version,
             change.kind,
             json.dumps(change.actor),
             json.dumps(change.reason),
             json.dumps(list(change.diff)),
+            # A canary step's evidence: requests, p99s, error and decline rates, PSI.
+            json.dumps(dict(change.figures), sort_keys=True, default=str),
         )

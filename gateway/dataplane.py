@@ -40,6 +40,7 @@ from router.routes import (
 from router.store import RouteStore
 
 if TYPE_CHECKING:
+    from gateway.canary import CanaryController
     from gateway.shadow import ShadowRunner
 
 log = logging.getLogger("riskwire.dataplane")
@@ -154,12 +155,15 @@ class DataPlane:
         routes: RouteStore,
         bucket_of: Callable[[str, str], int],
         shadows: ShadowRunner | None = None,
+        canary: CanaryController | None = None,
     ) -> None:
         self.repository = repository
         self.routes = routes
         self._bucket_of = bucket_of
         self.shadows = shadows
         """Queues the shadow arms after the primary results (never awaited); None: off."""
+        self.canary = canary
+        """Counts the canary routes' answers for the canary controller; None: off."""
         self._in_flight: dict[int, int] = {}
         """id(LoadedModel) -> calls holding it (see ``hold``); absent when none."""
         self._drained: dict[int, asyncio.Event] = {}
@@ -184,6 +188,7 @@ class DataPlane:
                 DEADLINE_EXCEEDED or INTERNAL where the route's fallback policy does
                 not cover the failure.
         """
+        started = time.perf_counter()
         versioned = self.routes.current
         n = len(batch)
         table = versioned.table
@@ -219,6 +224,14 @@ class DataPlane:
         try:
             # One group per call is the common case: no gather task for it.
             outcomes = [await waits[0]] if len(waits) == 1 else await asyncio.gather(*waits)
+        except GatewayError:
+            if self.canary is not None:
+                # A failure the route's fallback policy does not cover: an error of
+                # each row's arm, for the canary guards.
+                self.canary.record_failure(
+                    versioned, [(a.route.name, a.arm.role) for a in assignments]
+                )
+            raise
         finally:
             for model in models:
                 self.release(model)
@@ -245,6 +258,8 @@ class DataPlane:
                     config_version=versioned.config_version,
                 )
         answered = [r for r in results if r is not None]
+        if self.canary is not None:
+            self.canary.record_results(versioned, answered, time.perf_counter() - started)
         if self.shadows is not None:
             # Queued, never awaited: the shadows run after this call has answered.
             self.shadows.offer(batch, assignments, answered)

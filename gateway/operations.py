@@ -9,12 +9,12 @@ INVALID_ARGUMENT listing every problem, an unknown version or route NOT_FOUND.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.dataplane import DataPlane
 from gateway.errors import ErrorKind, GatewayError
@@ -61,6 +61,8 @@ class HistoryRecord:
     kind: ChangeKind
     diff: list[str]
     """Against the version before it; empty when that one is no longer kept."""
+    figures: Mapping[str, float] = field(default_factory=dict)
+    """A canary change's evidence (router/canary.py's figures)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,9 @@ class CanaryState:
     guards: CanaryGuards
     last_change: HistoryRecord | None
     """The newest kept change that touched this canary arm."""
+    live: dict[str, Any] | None = None
+    """The canary controller's current windows and last verdict
+    (``CanaryController.status``); None when no controller runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,10 @@ class ModelInfo:
     """"" when the card cannot be read."""
     routes: tuple[str, ...]
     """Routes in force that send it traffic (arm or shadow)."""
+
+
+class CanarySource(Protocol):
+    def status(self, route: str) -> dict[str, Any]: ...
 
 
 class ShadowSource(Protocol):
@@ -180,6 +189,7 @@ class Operations:
         else:
             routes = current.table.routes
         history = self.history()
+        controller: CanarySource | None = getattr(self._dataplane, "canary", None)
         states = []
         for spec in routes:
             arm = spec.canary_arm
@@ -210,6 +220,7 @@ class Operations:
                     min_requests=spec.canary.min_requests,
                     guards=spec.canary.guards,
                     last_change=last,
+                    live=None if controller is None else controller.status(spec.name),
                 )
             )
         if route and not states:
@@ -297,7 +308,13 @@ def _record(entry: VersionedTable, before: VersionedTable | None) -> HistoryReco
     else:
         diff = []
     return HistoryRecord(
-        entry.config_version, entry.applied_at, entry.actor, entry.reason, entry.kind, diff
+        entry.config_version,
+        entry.applied_at,
+        entry.actor,
+        entry.reason,
+        entry.kind,
+        diff,
+        dict(entry.figures),
     )
 
 

@@ -71,6 +71,8 @@ class VersionedTable:
     kind: ChangeKind = ChangeKind.APPLY
     applied_at: datetime = field(default_factory=utc_now)
     """UTC."""
+    figures: Mapping[str, float] = field(default_factory=dict)
+    """The evidence behind a canary change (requests, p99s, rates, PSI); empty otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +278,7 @@ class RouteStore:
             if problems:
                 raise RouteTableError(problems)
             accepted = VersionedTable(
-                table, current.config_version + 1, actor, reason, kind, self._clock()
+                table, current.config_version + 1, actor, reason, kind, self._clock(), dict(figures)
             )
             if self._listener is not None:
                 lines = diff_tables(current.table, table)

@@ -41,6 +41,7 @@ def history_entry(record: HistoryRecord) -> pb.HistoryEntry:
         reason=record.reason,
         kind=str(record.kind),
         diff=record.diff,
+        figures=record.figures,
     )
 
 
@@ -197,6 +198,17 @@ class AdminServicer(pb_grpc.AdminServicer):
             )
             if state.last_change is not None:
                 canary.last_change.CopyFrom(history_entry(state.last_change))
+            live = state.live or {}
+            canary.champion_window.update(live.get("champion", {}))
+            canary.canary_window.update(live.get("canary", {}))
+            canary.window_s = float(live.get("window_s", 0.0))
+            if "score_psi" in live:
+                canary.score_psi = float(live["score_psi"])
+            verdict = live.get("last_verdict")
+            if verdict is not None:
+                canary.last_verdict = verdict["action"]
+                canary.last_verdict_reason = verdict["reason"]
+                canary.failed_guards.extend(verdict["failed_guards"])
             canaries.append(canary)
         return pb.GetCanaryStatusResponse(config_version=config_version, canaries=canaries)
 
