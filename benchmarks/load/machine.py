@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -72,3 +74,19 @@ def describe() -> dict[str, Any]:
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": None if status is None else bool(status),
     }
+
+
+def write_report(
+    path: Path, benchmark: str, config: dict[str, Any], results: list[dict[str, Any]]
+) -> None:
+    """Writes a micro-benchmark's JSON report: its name, when, this machine, how, results."""
+    report = {
+        "benchmark": benchmark,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": describe(),
+        "config": config,
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {path}")

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.load.machine import REPO_ROOT, describe
+from benchmarks.load.machine import REPO_ROOT, write_report
 from gateway.data.synth import SynthOptions, generate
 from gateway.features import dispatch
 from gateway.features.columns import Transaction, columns_from_transactions, transactions_from_table
@@ -269,27 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ratio = before / after
             print(f"  {name:<7} {n:>5} rows: {before:10.2f} -> {after:9.2f} us  ({ratio:.1f}x)")
 
-    report = {
-        "benchmark": "micro-encode",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe(),
-        "config": {
-            "rows": args.rows,
-            "repeats": args.repeats,
-            "run_ms": args.run_ms,
-            "batches_per_size": args.batches,
-            "seed": args.seed,
-            "card": str(args.card) if args.card else None,
-            "spec_version": spec.version,
-            "spec_sources": len(spec.sources),
-            "spec_width": spec.width,
-            "statistic": "median over repeats of the mean time per call in a run",
-        },
-        "results": results,
+    config = {
+        "rows": args.rows,
+        "repeats": args.repeats,
+        "run_ms": args.run_ms,
+        "batches_per_size": args.batches,
+        "seed": args.seed,
+        "card": str(args.card) if args.card else None,
+        "spec_version": spec.version,
+        "spec_sources": len(spec.sources),
+        "spec_width": spec.width,
+        "statistic": "median over repeats of the mean time per call in a run",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, "micro-encode", config, results)
     return 0
 
 

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load.machine import REPO_ROOT, describe
+from benchmarks.load.machine import REPO_ROOT, write_report
 from gateway.features import dispatch
 from gateway.grpc.responses import PythonResponseWriter, ResponseWriter, make_response_writer
 from riskwire.v1 import scoring_pb2 as pb
@@ -209,23 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells.append(f"{ratio:.1f}x over {base}")
         print(f"| {message} | " + " | ".join(cells) + " |")
 
-    report = {
-        "benchmark": "micro-response",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe(),
-        "config": {
-            "batch": args.batch,
-            "pool": args.pool,
-            "repeats": args.repeats,
-            "run_ms": args.run_ms,
-            "response_bytes": len(expected),
-            "statistic": "median over repeats of the mean time per call in a run",
-        },
-        "results": results,
+    config = {
+        "batch": args.batch,
+        "pool": args.pool,
+        "repeats": args.repeats,
+        "run_ms": args.run_ms,
+        "response_bytes": len(expected),
+        "statistic": "median over repeats of the mean time per call in a run",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, "micro-response", config, results)
     return 0
 
 

@@ -26,15 +26,13 @@ Writes benchmarks/results/micro-wire-latest.json (machine, configuration, result
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load.machine import REPO_ROOT, describe
+from benchmarks.load.machine import REPO_ROOT, write_report
 from benchmarks.micro.encode import SPEC, time_per_call
 from gateway.data.synth import SynthOptions, generate
 from gateway.features import dispatch
@@ -163,24 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ratio = by_key[(n, slow)] / by_key[(n, fast)]
                 print(f"  {n:>5} rows: {slow:<20} / {fast:<20} = {ratio:6.1f}x")
 
-    report = {
-        "benchmark": "micro-wire",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe(),
-        "config": {
-            "rows": args.rows,
-            "repeats": args.repeats,
-            "run_ms": args.run_ms,
-            "batches_per_size": args.batches,
-            "seed": args.seed,
-            "spec_version": SPEC["version"],
-            "statistic": "median over repeats of the mean time per call in a run",
-        },
-        "results": results,
+    config = {
+        "rows": args.rows,
+        "repeats": args.repeats,
+        "run_ms": args.run_ms,
+        "batches_per_size": args.batches,
+        "seed": args.seed,
+        "spec_version": SPEC["version"],
+        "statistic": "median over repeats of the mean time per call in a run",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, "micro-wire", config, results)
     return 0
 
 
