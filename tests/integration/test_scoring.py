@@ -256,12 +256,35 @@ def test_route_budget_spent_answers_the_fallback_decision(
     assert response.decision == pb.REVIEW
 
 
-def test_expired_call_deadline_is_deadline_exceeded(
-    stub: pb_grpc.ScoringStub, table: dict[str, np.ndarray]
+def test_a_call_past_its_deadline_ends_deadline_exceeded(
+    server: ServerProcess, table: dict[str, np.ndarray]
 ) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.Score(pb.ScoreRequest(transaction=_valid(table)), timeout=1e-6)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    """A stream whose gRPC deadline passes ends DEADLINE_EXCEEDED after its answers.
+
+    (A unary call with a microsecond timeout is no test of this: gRPC may carry it to
+    the server with a few hundred microseconds left, and a tree model answers in less.)
+    """
+    txns = transactions_from_table(table)[:2]
+
+    async def run() -> tuple[list[pb.ScoreResponse], grpc.StatusCode | None]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = pb_grpc.ScoringStub(channel).ScoreStream(timeout=0.5)
+            answers = []
+            await call.write(pb.ScoreRequest(transaction=txns[0]))
+            answers.append(await call.read())
+            await asyncio.sleep(1.0)  # past the deadline
+            try:
+                await call.write(pb.ScoreRequest(transaction=txns[1]))
+                answers.append(await call.read())
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # the call already ended: its status says why
+            return answers, await call.code()
+
+    answers, code = asyncio.run(run())
+    assert [a.transaction_id for a in answers if isinstance(a, pb.ScoreResponse)] == [
+        txns[0].transaction_id
+    ]
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_monitoring_attributes_do_not_change_the_score(
