@@ -42,6 +42,7 @@ from router.store import RouteStore
 if TYPE_CHECKING:
     from gateway.canary import CanaryController
     from gateway.shadow import ShadowRunner
+    from gateway.telemetry.drift import DriftMonitors
 
 log = logging.getLogger("riskwire.dataplane")
 
@@ -127,6 +128,27 @@ def parse_version(version: str) -> int | None:
     return int(version)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupStages:
+    """Where one (route, model version) group of a call spent its time.
+
+    ``perf_counter_ns`` stamps: encoding ran from ``encode_start`` to ``encode_end``;
+    the rows then waited in the batcher until ``infer_start`` and the model call ended
+    at ``infer_end``. Both infer stamps are 0 when the model never ran (the queue was
+    full, the deadline passed, or the call was refused).
+    """
+
+    route: str
+    model: str
+    version: int
+    arm: str
+    rows: int
+    encode_start: int
+    encode_end: int
+    infer_start: int
+    infer_end: int
+
+
 class HasThresholds(Protocol):
     """Thresholds from a route or from a model card."""
 
@@ -156,6 +178,7 @@ class DataPlane:
         bucket_of: Callable[[str, str], int],
         shadows: ShadowRunner | None = None,
         canary: CanaryController | None = None,
+        drift: DriftMonitors | None = None,
     ) -> None:
         self.repository = repository
         self.routes = routes
@@ -164,6 +187,9 @@ class DataPlane:
         """Queues the shadow arms after the primary results (never awaited); None: off."""
         self.canary = canary
         """Counts the canary routes' answers for the canary controller; None: off."""
+        self.drift = drift
+        """Drift monitors of the loaded versions (fed with each batch's rows and scores);
+        None: off."""
         self._in_flight: dict[int, int] = {}
         """id(LoadedModel) -> calls holding it (see ``hold``); absent when none."""
         self._drained: dict[int, asyncio.Event] = {}
@@ -175,6 +201,7 @@ class DataPlane:
         batch: TransactionBatch,
         options: ScoreOptions,
         caller_deadline: float | None = None,
+        stages: list[GroupStages] | None = None,
     ) -> list[ScoreResult]:
         """Score every transaction of ``batch``, in order.
 
@@ -182,6 +209,8 @@ class DataPlane:
             batch: validated transactions.
             options: explain / forced route.
             caller_deadline: the gRPC deadline as ``time.monotonic()`` seconds.
+            stages: when given, receives one :class:`GroupStages` per group scored
+                (telemetry and traces); None skips the timing altogether.
 
         Raises:
             GatewayError: NOT_FOUND for an unknown route or model; RESOURCE_EXHAUSTED,
@@ -210,13 +239,20 @@ class DataPlane:
         results: list[ScoreResult | None] = [None] * n
         models = []
         waits = []
+        timings: list[list[int]] = []
         for (_, name, version), rows in groups.items():
             model = self.repository.get(name, version)
             route = assignments[rows[0]].route
             budget = now + route.deadline_ms / 1000.0 if options.realtime else math.inf
             deadline = budget if caller_deadline is None else min(budget, caller_deadline)
             models.append(model)
-            waits.append(self._score_group(model, batch, rows, assignments, deadline, budget))
+            timing: list[int] | None = None
+            if stages is not None:
+                timing = []
+                timings.append(timing)
+            waits.append(
+                self._score_group(model, batch, rows, assignments, deadline, budget, timing)
+            )
         # Held from here, in the step that resolved them (no await since), to the end:
         # an unload started meanwhile waits for this call (see unload_model).
         for model in models:
@@ -258,6 +294,25 @@ class DataPlane:
                     config_version=versioned.config_version,
                 )
         answered = [r for r in results if r is not None]
+        if stages is not None:
+            for (route_name, name, version), rows, timing in zip(
+                groups, groups.values(), timings, strict=True
+            ):
+                encode_start, encode_end, *ran = timing
+                infer_start, infer_end = (ran[0], ran[1]) if ran else (0, 0)
+                stages.append(
+                    GroupStages(
+                        route_name,
+                        name,
+                        version,
+                        assignments[rows[0]].arm.role,
+                        len(rows),
+                        encode_start,
+                        encode_end,
+                        infer_start,
+                        infer_end,
+                    )
+                )
         if self.canary is not None:
             self.canary.record_results(versioned, answered, time.perf_counter() - started)
         if self.shadows is not None:
@@ -453,13 +508,19 @@ class DataPlane:
         assignments: list[Assignment],
         deadline: float,
         budget: float,
+        timing: list[int] | None,
     ) -> tuple[npt.NDArray[np.float64] | None, FallbackReason | None]:
         selected = None if len(rows) == len(batch) else rows
+        if timing is not None:
+            timing.append(time.perf_counter_ns())
         features = model.encoder.encode_transactions(batch.transactions, rows=selected)
+        if timing is not None:
+            timing.append(time.perf_counter_ns())
         try:
             # The batcher arms the deadline as a loop timer: the future fails with
             # DeadlineExpired when it passes, and a row still queued then never runs.
-            future = model.batcher.submit(features, deadline)
+            # It appends the model call's start and end to `timing`.
+            future = model.batcher.submit(features, deadline, timing)
         except Overloaded:
             return None, self._covered(assignments[rows[0]].route, FallbackReason.OVERLOAD)
         try:

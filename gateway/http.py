@@ -1,60 +1,19 @@
 """The HTTP side port: /healthz (alive), /readyz (models loaded and warmed), /metrics.
 
 A deliberately small HTTP/1.1 responder on the server's own event loop: three
-GET paths, no framework. Metrics are collected at scrape time from the batchers'
-counters into a registry owned by this endpoint (no global instruments).
+GET paths, no framework. Metrics are collected at scrape time into a registry owned
+by this endpoint (no global instruments).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.models.repository import ModelRepository
-
 MAX_REQUEST_BYTES = 8192
-
-
-class _BatcherCollector(Collector):
-    def __init__(self, repository: ModelRepository) -> None:
-        self._repository = repository
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["model", "version"]
-        batches = CounterMetricFamily(
-            "riskwire_batches", "Model calls made by the batcher", labels=labels
-        )
-        rows = CounterMetricFamily(
-            "riskwire_batch_rows", "Rows scored by the batcher", labels=labels
-        )
-        expired = CounterMetricFamily(
-            "riskwire_expired_rows",
-            "Requests dropped unrun: deadline passed while queued",
-            labels=labels,
-        )
-        shed = CounterMetricFamily(
-            "riskwire_shed_requests", "Requests refused by a full queue", labels=labels
-        )
-        failures = CounterMetricFamily(
-            "riskwire_backend_failures", "Model calls that raised", labels=labels
-        )
-        depth = GaugeMetricFamily(
-            "riskwire_queue_rows", "Rows waiting in the batcher now", labels=labels
-        )
-        for model in self._repository.loaded():
-            key = [model.name, str(model.version)]
-            stats = model.batcher.stats
-            batches.add_metric(key, stats.batches)
-            rows.add_metric(key, stats.rows)
-            expired.add_metric(key, stats.expired)
-            shed.add_metric(key, stats.shed)
-            failures.add_metric(key, stats.failures)
-            depth.add_metric(key, model.batcher.queued_rows)
-        yield from (batches, rows, expired, shed, failures, depth)
 
 
 class HttpEndpoint:
@@ -62,13 +21,14 @@ class HttpEndpoint:
 
     def __init__(
         self,
-        repository: ModelRepository,
         is_ready: Callable[[], bool],
         collectors: Sequence[Collector] = (),
     ) -> None:
         self._is_ready = is_ready
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_BatcherCollector(repository))
+        """What /metrics serves: these collectors, and the OpenTelemetry metrics of the
+        server's MeterProvider (gateway/telemetry/metrics.py), whose reader registers
+        itself here."""
         for collector in collectors:
             self.registry.register(collector)
         self._server: asyncio.Server | None = None

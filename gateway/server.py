@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # grpc-stubs does not know the asyncio health servicer.
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.metrics import MeterProvider
 
 from gateway.audit_sink import AuditSink, LoggingAuditSink
 from gateway.backends.onnxruntime import preferred_providers
@@ -40,7 +41,9 @@ from gateway.models.repository import ModelRepository
 from gateway.routes_watch import RoutesFileWatcher
 from gateway.settings import Settings
 from gateway.shadow import ShadowRunner
+from gateway.telemetry.metrics import BatcherMetrics, make_meter_provider, meter_of
 from gateway.telemetry.serving import ScoringTelemetry
+from gateway.telemetry.tracing import CallTracer, make_tracer_provider
 from inference import grpc_service_pb2, grpc_service_pb2_grpc
 from riskwire.admin.v1 import admin_pb2_grpc
 from riskwire.v1 import scoring_pb2
@@ -78,7 +81,10 @@ class Server:
         self.admin_token = ""
         self.encoder_implementation = ""
         self.wire_implementation = ""
-        self.telemetry = ScoringTelemetry(settings.encoder)
+        self.telemetry = ScoringTelemetry(settings.encoder, enabled=settings.metrics.record)
+        self.meter_provider: MeterProvider | None = None
+        self.tracer_provider = make_tracer_provider()
+        """Set when the OTEL_* environment asks for traces (gateway/telemetry/tracing.py)."""
         self.audit: AuditSink = LoggingAuditSink()
         """Admin refusals and accepted config changes; the audit log replaces it."""
         self._routes_watch: RoutesFileWatcher | None = None
@@ -120,7 +126,11 @@ class Server:
         requests = make_request_parser(s.wire, s.grpc.max_batch_transactions)
         self.wire_implementation = requests.implementation
         scoring = ScoringService(
-            self.dataplane, requests, make_response_writer(s.wire), self.telemetry
+            self.dataplane,
+            requests,
+            make_response_writer(s.wire),
+            self.telemetry,
+            CallTracer(self.tracer_provider) if self.tracer_provider is not None else None,
         )
         self._data_server.add_generic_rpc_handlers((scoring.handler(),))
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -167,9 +177,14 @@ class Server:
             await self._admin_server.start()
 
         if s.metrics.enabled:
+            batchers = BatcherMetrics(self.repository.loaded)
             self._http = HttpEndpoint(
-                self.repository, lambda: self._ready, [self.telemetry, self.shadows, canary]
+                lambda: self._ready, [self.telemetry, batchers, self.shadows, canary]
             )
+            self.meter_provider = make_meter_provider(self._http.registry)
+            meter = meter_of(self.meter_provider)
+            self.telemetry.register_metrics(meter)
+            batchers.register_metrics(meter)
             self.metrics_port = await self._http.start(
                 s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
             )
@@ -212,6 +227,10 @@ class Server:
         # After the data plane's drain (no more offers), before the batchers close.
         await self.shadows.stop()
         await self.repository.close()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the spans still batched
 
     async def wait_for_termination(self) -> None:
         if self._data_server is not None:

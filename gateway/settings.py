@@ -79,8 +79,14 @@ class MetricsSettings(_Section):
     """HTTP endpoint for /metrics, /healthz and /readyz."""
 
     enabled: bool = True
+    """Serve the endpoint. Off: no port, and nothing to scrape (recording may still be
+    on for traces: see ``record``)."""
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
+    record: bool = True
+    """Record per-stage latencies and the request, error and fallback counters on the
+    serving path. Off is the "telemetry off" side of the cost measurement
+    (benchmarks/load/compare.py --variant off:RISKWIRE_METRICS__RECORD=false)."""
 
 
 class BatchingSettings(_Section):

@@ -25,11 +25,12 @@ queued), without a per-request ``wait_for`` task.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -47,6 +48,7 @@ class _Pending:
     deadline: float  # time.monotonic() seconds; inf when none
     future: asyncio.Future[npt.NDArray[np.float64]]
     timer: asyncio.TimerHandle | None
+    times: list[int] | None  # filled with the batch's (start, end) perf_counter_ns
 
 
 def _expire(pending: _Pending, name: str) -> None:
@@ -54,6 +56,10 @@ def _expire(pending: _Pending, name: str) -> None:
         pending.future.set_exception(
             DeadlineExpired(f"deadline passed before model {name} answered")
         )
+
+
+BATCH_SIZE_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Upper bounds (rows) of the batch-size histogram's buckets; one more for larger."""
 
 
 @dataclass(slots=True)
@@ -65,6 +71,13 @@ class BatcherStats:
     expired: int = 0
     shed: int = 0
     failures: int = 0
+    sizes: list[int] = field(default_factory=lambda: [0] * (len(BATCH_SIZE_EDGES) + 1))
+    """Model calls per batch-size bucket (BATCH_SIZE_EDGES, then larger)."""
+
+    def count_batch(self, rows: int) -> None:
+        self.batches += 1
+        self.rows += rows
+        self.sizes[bisect.bisect_left(BATCH_SIZE_EDGES, rows)] += 1
 
 
 class DynamicBatcher:
@@ -129,9 +142,15 @@ class DynamicBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def submit(
-        self, rows: npt.NDArray[np.float32], deadline: float = float("inf")
+        self,
+        rows: npt.NDArray[np.float32],
+        deadline: float = float("inf"),
+        times: list[int] | None = None,
     ) -> asyncio.Future[npt.NDArray[np.float64]]:
         """Queue ``rows`` (float32 [k, width]); the future gives their scores.
+
+        ``times``, when given, receives the ``perf_counter_ns`` at which the model call
+        holding these rows started and ended (queue wait and inference, for telemetry).
 
         Raises:
             Overloaded: the queue cannot take ``k`` more rows, or the batcher is closing.
@@ -147,7 +166,7 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[npt.NDArray[np.float64]] = loop.create_future()
-        pending = _Pending(rows, deadline, future, None)
+        pending = _Pending(rows, deadline, future, None, times)
         if deadline != float("inf"):
             # loop.time() is time.monotonic() on asyncio and uvloop alike.
             pending.timer = loop.call_at(deadline, _expire, pending, self.name)
@@ -171,6 +190,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+            started_ns = time.perf_counter_ns()
             try:
                 if rows.shape[0] > self.inline_max_rows:
                     scores = await loop.run_in_executor(self._executor, self._run_chunked, rows)
@@ -186,12 +206,14 @@ class DynamicBatcher:
                     if not pending.future.done():
                         pending.future.set_exception(failure)
                 continue
-            self.stats.batches += 1
-            self.stats.rows += rows.shape[0]
+            ended_ns = time.perf_counter_ns()
+            self.stats.count_batch(rows.shape[0])
             start = 0
             for pending in batch:
                 end = start + pending.rows.shape[0]
                 self._settle(pending)
+                if pending.times is not None:
+                    pending.times += (started_ns, ended_ns)
                 if not pending.future.done():  # expired or the caller went away
                     pending.future.set_result(scores[start:end])
                 start = end

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 
-from gateway.dataplane import DataPlane
+from gateway.dataplane import DataPlane, GroupStages, ScoreResult
 from gateway.errors import GatewayError
 from gateway.grpc.converters import caller_deadline, encode_result
-from gateway.grpc.errors import stream_errors, unary_errors
+from gateway.grpc.errors import STATUS_OF_KIND, stream_errors, unary_errors
 from gateway.grpc.requests import RequestParser
 from gateway.grpc.responses import ResponseWriter
 from gateway.telemetry.serving import ScoringTelemetry
+from gateway.telemetry.tracing import CallTracer
 from riskwire.v1 import scoring_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -40,11 +41,15 @@ class ScoringService:
         requests: RequestParser,
         responses: ResponseWriter,
         telemetry: ScoringTelemetry,
+        tracer: CallTracer | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._requests = requests
         self._responses = responses
         self._telemetry = telemetry
+        self._tracer = tracer
+        self._timed = telemetry.enabled or tracer is not None
+        """Stamp the stages: for the histograms, the traces or both."""
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The service's methods on bytes in and bytes out."""
@@ -60,20 +65,40 @@ class ScoringService:
     @unary_errors
     async def Score(self, request: bytes, context: Context) -> bytes:
         return await self._score_one(
-            "Score", request, caller_deadline(context), time.perf_counter_ns()
+            "Score", request, context, caller_deadline(context), time.perf_counter_ns()
         )
 
     @unary_errors
     async def ScoreBatch(self, request: bytes, context: Context) -> bytes:
         received_ns = time.perf_counter_ns()
-        parsed = self._requests.score_batch_request(request)
-        results = await self._dataplane.score(
-            parsed.batch, parsed.options, caller_deadline(context)
-        )
-        write = self._responses
-        answer = write.score_batch_response([encode_result(write, r, received_ns) for r in results])
-        self._telemetry.record("ScoreBatch", (time.perf_counter_ns() - received_ns) / 1e9, results)
+        if not self._timed:
+            parsed = self._requests.score_batch_request(request)
+            results = await self._dataplane.score(
+                parsed.batch, parsed.options, caller_deadline(context)
+            )
+            return self._batch_answer(results, received_ns)
+        groups: list[GroupStages] = []
+        stamps = [received_ns, 0, 0]
+        self._telemetry.in_flight += 1
+        try:
+            parsed = self._requests.score_batch_request(request)
+            stamps[1] = time.perf_counter_ns()
+            results = await self._dataplane.score(
+                parsed.batch, parsed.options, caller_deadline(context), groups
+            )
+            stamps[2] = time.perf_counter_ns()
+            answer = self._batch_answer(results, received_ns)
+        except GatewayError as error:
+            self._failed("ScoreBatch", context, stamps, groups, error)
+            raise
+        finally:
+            self._telemetry.in_flight -= 1
+        self._answered("ScoreBatch", context, stamps, groups, results)
         return answer
+
+    def _batch_answer(self, results: list[ScoreResult], received_ns: int) -> bytes:
+        write = self._responses
+        return write.score_batch_response([encode_result(write, r, received_ns) for r in results])
 
     @stream_errors
     async def ScoreStream(
@@ -89,7 +114,12 @@ class ScoringService:
                 async for request in request_iterator:
                     task = asyncio.ensure_future(
                         self._score_one(
-                            "ScoreStream", request, deadline, time.perf_counter_ns(), index
+                            "ScoreStream",
+                            request,
+                            context,
+                            deadline,
+                            time.perf_counter_ns(),
+                            index,
                         )
                     )
                     await pending.put(task)
@@ -113,17 +143,89 @@ class ScoringService:
         self,
         method: str,
         request: bytes,
+        context: Context,
         deadline: float | None,
         received_ns: int,
         stream_index: int | None = None,
     ) -> bytes:
+        if not self._timed:
+            try:
+                parsed = self._requests.score_request(request)
+                (result,) = await self._dataplane.score(parsed.batch, parsed.options, deadline)
+            except GatewayError as error:
+                _name_message(error, stream_index)
+                raise
+            return encode_result(self._responses, result, received_ns)
+        groups: list[GroupStages] = []
+        stamps = [received_ns, 0, 0]
+        self._telemetry.in_flight += 1
         try:
             parsed = self._requests.score_request(request)
-            (result,) = await self._dataplane.score(parsed.batch, parsed.options, deadline)
+            stamps[1] = time.perf_counter_ns()
+            (result,) = await self._dataplane.score(parsed.batch, parsed.options, deadline, groups)
+            stamps[2] = time.perf_counter_ns()
+            answer = encode_result(self._responses, result, received_ns)
         except GatewayError as error:
-            if stream_index is not None:
-                error.message = f"stream message {stream_index}: {error.message}"
+            _name_message(error, stream_index)
+            self._failed(method, context, stamps, groups, error)
             raise
-        answer = encode_result(self._responses, result, received_ns)
-        self._telemetry.record(method, (time.perf_counter_ns() - received_ns) / 1e9, (result,))
+        finally:
+            self._telemetry.in_flight -= 1
+        self._answered(method, context, stamps, groups, (result,))
         return answer
+
+    def _answered(
+        self,
+        method: str,
+        context: Context,
+        stamps: list[int],
+        groups: list[GroupStages],
+        results: Sequence[ScoreResult],
+    ) -> None:
+        answered_ns = time.perf_counter_ns()
+        received_ns, parsed_ns, scored_ns = stamps
+        if self._telemetry.enabled:
+            self._telemetry.record(
+                method, received_ns, parsed_ns, scored_ns, answered_ns, groups, results
+            )
+        if self._tracer is not None:
+            self._tracer.trace(
+                method,
+                context.invocation_metadata(),
+                received_ns,
+                parsed_ns,
+                scored_ns,
+                answered_ns,
+                groups,
+                results,
+            )
+
+    def _failed(
+        self,
+        method: str,
+        context: Context,
+        stamps: list[int],
+        groups: list[GroupStages],
+        error: GatewayError,
+    ) -> None:
+        code = STATUS_OF_KIND[error.kind].name
+        if self._telemetry.enabled:
+            self._telemetry.record_error(method, code)
+        if self._tracer is not None:
+            received_ns, parsed_ns, scored_ns = stamps
+            self._tracer.trace(
+                method,
+                context.invocation_metadata(),
+                received_ns,
+                parsed_ns,
+                scored_ns,
+                time.perf_counter_ns(),
+                groups,
+                (),
+                error=(code, error.message),
+            )
+
+
+def _name_message(error: GatewayError, stream_index: int | None) -> None:
+    if stream_index is not None:
+        error.message = f"stream message {stream_index}: {error.message}"

@@ -7,6 +7,7 @@ every answer shows which transaction the model's encoder read.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -66,9 +67,12 @@ class EchoBatcher:
         self.calls: list[int] = []
 
     def submit(
-        self, rows: npt.NDArray[np.float32], deadline: float
+        self, rows: npt.NDArray[np.float32], deadline: float, times: list[int] | None = None
     ) -> asyncio.Future[npt.NDArray[np.float64]]:
         self.calls.append(rows.shape[0])
+        if times is not None:
+            now = time.perf_counter_ns()
+            times += (now, now)
         future: asyncio.Future[npt.NDArray[np.float64]] = asyncio.get_running_loop().create_future()
         future.set_result(rows[:, 0].astype(np.float64))
         return future
@@ -185,7 +189,7 @@ class FullBatcher(EchoBatcher):
     """A model whose queue is always full."""
 
     def submit(
-        self, rows: npt.NDArray[np.float32], deadline: float
+        self, rows: npt.NDArray[np.float32], deadline: float, times: list[int] | None = None
     ) -> asyncio.Future[npt.NDArray[np.float64]]:
         raise Overloaded("queue is full")
 
