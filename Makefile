@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 1
 NATIVE_SOURCES := $(wildcard native/cpp/*.cpp native/cpp/*.hpp native/cython/*.pyx native/cython/*.pxd)
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 
-.PHONY: all install build models serve test lint typecheck unit bench clean
+.PHONY: all install build models serve test test-tools lint typecheck unit bench clean
 
 all: build
 
@@ -54,13 +54,25 @@ typecheck: build
 unit: build models
 	$(BIN)/python -m pytest -q
 
-test: build models lint typecheck
+test: build models lint typecheck test-tools
 	$(BIN)/python -m pytest -q
 	@echo "--- again on the pure-Python reference (RISKWIRE_PURE_PYTHON=1)"
 	RISKWIRE_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/unit tests/native tests/integration/test_scoring.py
 	@echo "--- the wire parser's fuzz target, about a minute (make fuzz for longer)"
 	$(MAKE) --no-print-directory fuzz-tools
 	$(MAKE) --no-print-directory fuzz-smoke
+
+# System tools the integration tests drive for real: Prometheus (tests/integration/
+# test_prometheus.py). Installed with apt-get when missing and run as root; the
+# tests that need them say so and skip where they cannot be had.
+test-tools:
+	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "--- apt-get install$$missing (for the integration tests)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+				|| echo "--- could not install$$missing: those tests will skip"; \
+		else echo "--- missing$$missing and no apt-get as root: those tests will skip"; fi; fi
 
 bench: build models
 	$(BIN)/python -m benchmarks.load.compare --models $(MODELS)

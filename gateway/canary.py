@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from gateway.features.dispatch import EncoderMode
 from gateway.settings import CanarySettings
@@ -355,33 +355,44 @@ class CanaryController:
         """Changes applied so far, per (route, action)."""
         return dict(self._transitions)
 
-    def collect(self) -> Iterator[Metric]:
-        """The controller's figures as Prometheus metrics (a prometheus_client Collector)."""
-        weight = GaugeMetricFamily(
-            "riskwire_canary_weight",
-            "The canary arm's weight in percent in the table in force",
-            labels=["route", "model", "version"],
+    def register_metrics(self, meter: Meter) -> None:
+        """The controller's figures as OpenTelemetry observable instruments."""
+        meter.create_observable_gauge(
+            "riskwire.canary.weight",
+            [self._observe_weights],
+            unit="",
+            description="The canary arm's weight in percent in the table in force",
         )
+        meter.create_observable_counter(
+            "riskwire.canary.transitions",
+            [self._observe_transitions],
+            unit="",
+            description="Canary steps, promotions and rollbacks applied by the controller",
+        )
+        meter.create_observable_gauge(
+            "riskwire.canary.requests",
+            [self._observe_requests],
+            unit="",
+            description="Requests in the current canary analysis window, per arm role",
+        )
+
+    def _observe_weights(self, _: CallbackOptions) -> Iterator[Observation]:
         for spec in self._store.current.table.routes:
             arm = spec.canary_arm
             if arm is not None:
-                weight.add_metric([spec.name, arm.model, str(arm.version)], arm.weight)
-        transitions = CounterMetricFamily(
-            "riskwire_canary_transitions",
-            "Canary steps, promotions and rollbacks applied by the controller",
-            labels=["route", "action"],
-        )
+                yield Observation(
+                    arm.weight,
+                    {"route": spec.name, "model": arm.model, "version": str(arm.version)},
+                )
+
+    def _observe_transitions(self, _: CallbackOptions) -> Iterator[Observation]:
         for (route, action), n in sorted(self._transitions.items()):
-            transitions.add_metric([route, action], n)
-        requests = GaugeMetricFamily(
-            "riskwire_canary_requests",
-            "Requests in the current canary analysis window, per arm role",
-            labels=["route", "role"],
-        )
+            yield Observation(n, {"route": route, "action": action})
+
+    def _observe_requests(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, state in sorted(self._routes.items()):
-            requests.add_metric([name, "champion"], state.champion.requests)
-            requests.add_metric([name, "canary"], state.canary.requests)
-        yield from (weight, transitions, requests)
+            yield Observation(state.champion.requests, {"route": name, "role": "champion"})
+            yield Observation(state.canary.requests, {"route": name, "role": "canary"})
 
 
 def _figures(window: ArmWindow) -> dict[str, float]:

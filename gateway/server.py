@@ -179,12 +179,12 @@ class Server:
         if s.metrics.enabled:
             batchers = BatcherMetrics(self.repository.loaded)
             self._http = HttpEndpoint(
-                lambda: self._ready, [self.telemetry, batchers, self.shadows, canary]
+                lambda: self._ready, [self.telemetry, batchers, self.shadows]
             )
             self.meter_provider = make_meter_provider(self._http.registry)
             meter = meter_of(self.meter_provider)
-            self.telemetry.register_metrics(meter)
-            batchers.register_metrics(meter)
+            for source in (self.telemetry, batchers, self.shadows, canary):
+                source.register_metrics(meter)
             self.metrics_port = await self._http.start(
                 s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
             )

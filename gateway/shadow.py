@@ -42,17 +42,13 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from gateway.dataplane import DecisionSource, ScoreResult, TransactionBatch, decide_threshold
 from gateway.errors import Overloaded
@@ -401,65 +397,77 @@ class ShadowRunner:
 
     # -- /metrics ------------------------------------------------------------------
 
+    def register_metrics(self, meter: Meter) -> None:
+        """The comparison counters and the queue depth as OpenTelemetry instruments."""
+        counters = {
+            "riskwire.shadow.compared": "Transactions scored by a shadow model and compared "
+            "with the primary answer",
+            "riskwire.shadow.agreements": "Compared transactions where the shadow's decision "
+            "equals the primary's",
+            "riskwire.shadow.shed": "Shadow scorings dropped unrun: shadow queue full, or the "
+            "shadow model loaded",
+            "riskwire.shadow.errors": "Shadow scorings that failed: the shadow model raised "
+            "or timed out",
+            "riskwire.shadow.skipped": "Shadow scorings not run because the primary answered "
+            "with a fallback",
+        }
+        for name, description in counters.items():
+            meter.create_observable_counter(
+                name, [self._observer(name.rsplit(".", 1)[1])], unit="", description=description
+            )
+        meter.create_observable_counter(
+            "riskwire.shadow.flips",
+            [self._observe_flips],
+            unit="",
+            description="Compared transactions whose decision differs, by primary (from) "
+            "and shadow (to)",
+        )
+        meter.create_observable_gauge(
+            "riskwire.shadow.score.diff.mean",
+            [self._observe_mean],
+            unit="",
+            description="Mean of shadow score minus primary score over the compared transactions",
+        )
+        meter.create_observable_gauge(
+            "riskwire.shadow.queue.items",
+            [lambda _: [Observation(len(self._queue))]],
+            unit="",
+            description="Shadow scorings waiting in the shadow queue now",
+        )
+
+    def _observer(self, counter: str) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        def observe(_: CallbackOptions) -> Iterator[Observation]:
+            for key, stats in sorted(self._stats.items()):
+                yield Observation(getattr(stats, counter), _labels(key))
+
+        return observe
+
+    def _observe_flips(self, _: CallbackOptions) -> Iterator[Observation]:
+        for key, stats in sorted(self._stats.items()):
+            for (a, b), n in stats.flips.items():
+                yield Observation(n, _labels(key) | {"from": a.value, "to": b.value})
+
+    def _observe_mean(self, _: CallbackOptions) -> Iterator[Observation]:
+        for key, stats in sorted(self._stats.items()):
+            mean = stats.diff_sum / stats.compared if stats.compared else 0.0
+            yield Observation(mean, _labels(key))
+
     def collect(self) -> Iterator[Metric]:
-        """The comparison counters as Prometheus metrics (a prometheus_client Collector)."""
-        labels = ["route", "model", "version"]
-        compared = CounterMetricFamily(
-            "riskwire_shadow_compared",
-            "Transactions scored by a shadow model and compared with the primary answer",
-            labels=labels,
-        )
-        agreements = CounterMetricFamily(
-            "riskwire_shadow_agreements",
-            "Compared transactions where the shadow's decision equals the primary's",
-            labels=labels,
-        )
-        flips = CounterMetricFamily(
-            "riskwire_shadow_flips",
-            "Compared transactions whose decision differs, by primary (from) and shadow (to)",
-            labels=[*labels, "from", "to"],
-        )
-        shed = CounterMetricFamily(
-            "riskwire_shadow_shed",
-            "Shadow scorings dropped unrun: shadow queue full, or the shadow model loaded",
-            labels=labels,
-        )
-        errors = CounterMetricFamily(
-            "riskwire_shadow_errors",
-            "Shadow scorings that failed: the shadow model raised or timed out",
-            labels=labels,
-        )
-        skipped = CounterMetricFamily(
-            "riskwire_shadow_skipped",
-            "Shadow scorings not run because the primary answered with a fallback",
-            labels=labels,
-        )
-        mean = GaugeMetricFamily(
-            "riskwire_shadow_score_diff_mean",
-            "Mean of shadow score minus primary score over the compared transactions",
-            labels=labels,
-        )
+        """The score-difference histograms (a prometheus_client Collector; see
+        gateway/telemetry/serving.py for why histograms are not OpenTelemetry ones)."""
         diff = HistogramMetricFamily(
             "riskwire_shadow_score_diff",
             "Absolute difference between the shadow score and the primary score",
-            labels=labels,
+            labels=["route", "model", "version"],
         )
         for (route, model, version), stats in sorted(self._stats.items()):
-            key = [route, model, str(version)]
-            compared.add_metric(key, stats.compared)
-            agreements.add_metric(key, stats.agreements)
-            for (a, b), n in stats.flips.items():
-                flips.add_metric([*key, a.value, b.value], n)
-            shed.add_metric(key, stats.shed)
-            errors.add_metric(key, stats.errors)
-            skipped.add_metric(key, stats.skipped)
-            mean.add_metric(key, stats.diff_sum / stats.compared if stats.compared else 0.0)
-            diff.add_metric(key, *_buckets(stats.abs_diff))
-        depth = GaugeMetricFamily(
-            "riskwire_shadow_queue_items", "Shadow scorings waiting in the shadow queue now"
-        )
-        depth.add_metric([], len(self._queue))
-        yield from (compared, agreements, flips, shed, errors, skipped, mean, diff, depth)
+            diff.add_metric([route, model, str(version)], *_buckets(stats.abs_diff))
+        yield diff
+
+
+def _labels(key: tuple[str, str, int]) -> dict[str, str]:
+    route, model, version = key
+    return {"route": route, "model": model, "version": str(version)}
 
 
 def _encode(model: LoadedModel, group: list[_Item]) -> npt.NDArray[np.float32]:

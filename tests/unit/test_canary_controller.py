@@ -13,6 +13,7 @@ from gateway.canary import CanaryController
 from gateway.settings import CanarySettings
 from router.routes import ArmRole, Decision, RouteTable, load_table
 from router.store import ChangeKind, ConfigChange, RouteStore
+from tests.unit.otel_scrape import scrape
 
 GUARDS = "{p99_ms: 50, error_rate: 0.05, score_psi: 0.2, decline_rate_delta: 0.05}"
 
@@ -260,13 +261,12 @@ def test_metrics() -> None:
     rig = Rig(table(weight=25))
     rig.feed_both(scores=(0.99,))
     rig.controller.tick()
-    families = {m.name: m for m in rig.controller.collect()}
+    families = scrape(rig.controller)
     [weight] = families["riskwire_canary_weight"].samples
     assert weight.labels == {"route": "cards", "model": "mlp", "version": "1"}
     assert weight.value == 0
-    [transition] = [
-        s for s in families["riskwire_canary_transitions"].samples if s.name.endswith("_total")
-    ]
+    [transition] = families["riskwire_canary_transitions"].samples
+    assert transition.name == "riskwire_canary_transitions_total"
     assert transition.labels == {"route": "cards", "action": "rollback"} and transition.value == 1
     requests = {s.labels["role"]: s.value for s in families["riskwire_canary_requests"].samples}
     assert requests == {"champion": 0, "canary": 0}

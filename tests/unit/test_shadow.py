@@ -27,6 +27,7 @@ from gateway.features.spec import parse_feature_spec
 from gateway.grpc.converters import batch_from_transactions
 from gateway.settings import ShadowSettings
 from gateway.shadow import DIFF_EDGES, ShadowComparison, ShadowRunner, bucket_quantile
+from gateway.telemetry.metrics import make_meter_provider, meter_of
 from router.routes import Thresholds, load_table
 from router.store import RouteStore
 
@@ -63,7 +64,9 @@ class ShiftBatcher:
         self.queued_rows = 0
         self.queue_rows = queue_rows
 
-    def submit(self, rows: npt.NDArray[np.float32], deadline: float) -> Future:
+    def submit(
+        self, rows: npt.NDArray[np.float32], deadline: float, times: list[int] | None = None
+    ) -> Future:
         self.calls.append(rows.shape[0])
         future: Future = asyncio.get_running_loop().create_future()
         future.set_result(rows[:, 0].astype(np.float64) + self.shift)
@@ -71,7 +74,9 @@ class ShiftBatcher:
 
 
 class FailingBatcher(ShiftBatcher):
-    def submit(self, rows: npt.NDArray[np.float32], deadline: float) -> Future:
+    def submit(
+        self, rows: npt.NDArray[np.float32], deadline: float, times: list[int] | None = None
+    ) -> Future:
         self.calls.append(rows.shape[0])
         future: Future = asyncio.get_running_loop().create_future()
         future.set_exception(BackendFailure("model b/1 failed: boom"))
@@ -79,7 +84,9 @@ class FailingBatcher(ShiftBatcher):
 
 
 class FullBatcher(ShiftBatcher):
-    def submit(self, rows: npt.NDArray[np.float32], deadline: float) -> Future:
+    def submit(
+        self, rows: npt.NDArray[np.float32], deadline: float, times: list[int] | None = None
+    ) -> Future:
         self.calls.append(rows.shape[0])
         raise Overloaded("queue is full")
 
@@ -91,7 +98,9 @@ class HangingBatcher(ShiftBatcher):
         super().__init__()
         self.futures: list[Future] = []
 
-    def submit(self, rows: npt.NDArray[np.float32], deadline: float) -> Future:
+    def submit(
+        self, rows: npt.NDArray[np.float32], deadline: float, times: list[int] | None = None
+    ) -> Future:
         self.calls.append(rows.shape[0])
         future: Future = asyncio.get_running_loop().create_future()
         self.futures.append(future)
@@ -332,7 +341,10 @@ def test_metrics_follow_prometheus_names() -> None:
     run_scored(plane, runner, SCORES)
     registry = CollectorRegistry()
     registry.register(runner)  # type: ignore[arg-type]
+    provider = make_meter_provider(registry)  # the counters: OpenTelemetry instruments
+    runner.register_metrics(meter_of(provider))
     text = generate_latest(registry).decode()
+    provider.shutdown()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
