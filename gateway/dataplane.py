@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, get_args
 import numpy as np
 import numpy.typing as npt
 
+from gateway.decisions import DecisionSource as DecisionSource  # re-exported
 from gateway.errors import (
     BackendFailure,
     DeadlineExpired,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from gateway.canary import CanaryController
     from gateway.shadow import ShadowRunner
     from gateway.telemetry.drift import DriftMonitors
+    from gateway.telemetry.outcomes import OutcomeStore
 
 log = logging.getLogger("riskwire.dataplane")
 
@@ -52,11 +54,6 @@ the version's batcher anyway (rows already queued still run)."""
 
 STICKY_KEYS: tuple[StickyKey, ...] = get_args(StickyKey)
 """Transaction fields a route may name as its sticky key."""
-
-
-class DecisionSource(enum.StrEnum):
-    MODEL = "MODEL"
-    FALLBACK = "FALLBACK"
 
 
 class FallbackReason(enum.StrEnum):
@@ -87,6 +84,9 @@ class TransactionBatch:
     amounts_usd: Callable[[], Sequence[float]] = lambda: ()
     """Each transaction's amount in USD, for routes that match on it; computed only when
     the table in force has such a route (a call, so that others never pay for it)."""
+    monitoring_attributes: Callable[[], Sequence[Mapping[str, str]]] = lambda: ()
+    """Each transaction's monitoring_attributes (fairness groups), for the outcome store
+    only: they never reach a model."""
 
     def __len__(self) -> int:
         return len(self.transaction_ids)
@@ -179,6 +179,7 @@ class DataPlane:
         shadows: ShadowRunner | None = None,
         canary: CanaryController | None = None,
         drift: DriftMonitors | None = None,
+        outcomes: OutcomeStore | None = None,
     ) -> None:
         self.repository = repository
         self.routes = routes
@@ -190,6 +191,9 @@ class DataPlane:
         self.drift = drift
         """Drift monitors of the loaded versions (fed with each batch's rows and scores);
         None: off."""
+        self.outcomes = outcomes
+        """Logged predictions for the delayed-label join (ReportOutcome), performance and
+        fairness reports; None: off."""
         self._in_flight: dict[int, int] = {}
         """id(LoadedModel) -> calls holding it (see ``hold``); absent when none."""
         self._drained: dict[int, asyncio.Event] = {}
@@ -318,7 +322,24 @@ class DataPlane:
         if self.shadows is not None:
             # Queued, never awaited: the shadows run after this call has answered.
             self.shadows.offer(batch, assignments, answered)
+        if self.outcomes is not None:
+            self._log_predictions(batch, answered)
         return answered
+
+    def _log_predictions(self, batch: TransactionBatch, answered: list[ScoreResult]) -> None:
+        """Queue the answers for the outcome store (labels join them later); O(n), no I/O."""
+        from gateway.telemetry.outcomes import PredictionRecord
+
+        assert self.outcomes is not None
+        now = time.time()
+        amounts = batch.amounts_usd()
+        attributes = batch.monitoring_attributes()
+        self.outcomes.log_predictions(
+            [
+                PredictionRecord.from_result(r, amounts[i], attributes[i], now)
+                for i, r in enumerate(answered)
+            ]
+        )
 
     async def load_model(self, name: str, version: int | None = None) -> LoadedModel:
         """Load, warm and start a model version; the newest on disk when ``version`` is None.
@@ -333,7 +354,10 @@ class DataPlane:
                 (a card or graph that does not load, with the reason), UNAVAILABLE
                 (that version is unloading).
         """
-        return await self.repository.load(name, version)
+        model = await self.repository.load(name, version)
+        if self.drift is not None:
+            self.drift.get_or_create(model.card)  # GetDrift lists it before traffic does
+        return model
 
     async def unload_model(
         self,
@@ -430,6 +454,9 @@ class DataPlane:
             for key in events:
                 self._drained.pop(key, None)
         await self.repository.finish_unload(models)
+        if self.drift is not None:
+            for model in models:
+                self.drift.remove(model.name, model.version)  # its series leave /metrics
 
     async def infer_tensors(
         self,
@@ -534,6 +561,8 @@ class DataPlane:
             return None, self._covered(assignments[rows[0]].route, FallbackReason.TIMEOUT)
         except BackendFailure:
             return None, self._covered(assignments[rows[0]].route, FallbackReason.BACKEND_ERROR)
+        if self.drift is not None:
+            self.drift.observe(model.card, features, scores)  # O(1): binned off this path
         return scores, None
 
     @staticmethod

@@ -20,6 +20,9 @@ from gateway.dataplane import DataPlane
 from gateway.errors import ErrorKind, GatewayError
 from gateway.models.card import ModelCard
 from gateway.shadow import ShadowComparison
+from gateway.telemetry.drift import DriftOverview
+from gateway.telemetry.fairness import FairnessReport, FairnessSettings
+from gateway.telemetry.outcomes import OutcomeStore, PerformanceReport
 from router.canary import CanaryAction, CanaryVerdict
 from router.diff import diff_tables
 from router.routes import (
@@ -268,6 +271,59 @@ class Operations:
         """
         shadows: ShadowSource | None = getattr(self._dataplane, "shadows", None)
         return [] if shadows is None else shadows.comparisons(route or None)
+
+    async def performance(self, route: str | None = None) -> list[PerformanceReport]:
+        """Rolling performance on delayed labels, per (route, model, version, arm).
+
+        Raises:
+            GatewayError(FAILED_PRECONDITION): outcome logging is off.
+        """
+        return await self._outcomes().performance_async(route or None)
+
+    async def fairness(
+        self, route: str | None = None
+    ) -> tuple[FairnessSettings, list[FairnessReport]]:
+        """The fairness settings in force and the reports per monitoring attribute.
+
+        Raises:
+            GatewayError(FAILED_PRECONDITION): outcome logging is off.
+        """
+        monitor = self._outcomes().fairness
+        return monitor.settings, await monitor.reports_async(route or None)
+
+    def _outcomes(self) -> OutcomeStore:
+        outcomes = self._dataplane.outcomes
+        if outcomes is None:
+            raise GatewayError(
+                ErrorKind.FAILED_PRECONDITION,
+                "outcome logging is off (outcomes.enabled: false): no labels to report on",
+            )
+        return outcomes
+
+    def drift_reports(self, model: str | None = None, version: int | None = None) -> DriftOverview:
+        """Drift of the monitored versions: all, one model's, or one version's.
+
+        Raises:
+            GatewayError: FAILED_PRECONDITION when drift monitoring is off;
+                INVALID_ARGUMENT for a version without a model; NOT_FOUND when no
+                monitored version matches the model (and version) asked for.
+        """
+        drift = self._dataplane.drift
+        if drift is None:
+            raise GatewayError(
+                ErrorKind.FAILED_PRECONDITION, "drift monitoring is off (drift.enabled: false)"
+            )
+        if version is not None and model is None:
+            raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"version {version} needs a model")
+        overview = drift.overview(model, version)
+        if model is not None and not overview.reports:
+            label = model if version is None else f"{model} v{version}"
+            monitored = ", ".join(f"{m.name} v{m.version}" for m in drift.monitors())
+            raise GatewayError(
+                ErrorKind.NOT_FOUND,
+                f"no drift monitor for {label}; monitored: {monitored or 'none yet'}",
+            )
+        return overview
 
     def _change(self, accepted: VersionedTable) -> Change:
         try:

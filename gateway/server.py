@@ -9,6 +9,7 @@ and ``serve`` adds worker processes sharing the port with SO_REUSEPORT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -41,7 +42,9 @@ from gateway.models.repository import ModelRepository
 from gateway.routes_watch import RoutesFileWatcher
 from gateway.settings import Settings
 from gateway.shadow import ShadowRunner
+from gateway.telemetry.drift import DriftMonitors
 from gateway.telemetry.metrics import BatcherMetrics, make_meter_provider, meter_of
+from gateway.telemetry.outcomes import OutcomeStore, card_figures_from
 from gateway.telemetry.serving import ScoringTelemetry
 from gateway.telemetry.tracing import CallTracer, make_tracer_provider
 from inference import grpc_service_pb2, grpc_service_pb2_grpc
@@ -89,6 +92,11 @@ class Server:
         """Admin refusals and accepted config changes; the audit log replaces it."""
         self._routes_watch: RoutesFileWatcher | None = None
         self.shadows = ShadowRunner(self.repository, settings.shadow, settings.encoder)
+        self.drift = DriftMonitors(settings.drift) if settings.drift.enabled else None
+        """Drift of every loaded version against its card's reference; None: off."""
+        self._drift_task: asyncio.Task[None] | None = None
+        self.outcomes: OutcomeStore | None = None
+        """Predictions kept for ReportOutcome's label join; made at start when enabled."""
         self.canary: CanaryController | None = None
         """Walks the canary arms' ramps; made once the routes are in force."""
 
@@ -120,7 +128,15 @@ class Server:
             hashing.bucket,
             self.shadows if s.shadow.enabled else None,
             canary if s.canary.enabled else None,
+            drift=self.drift,
+            outcomes=self._start_outcomes(),
         )
+        if self.drift is not None:
+            for model in self.repository.loaded():
+                self.drift.get_or_create(model.card)
+            self._drift_task = asyncio.get_running_loop().create_task(
+                self.drift.fold_forever(), name="drift-fold"
+            )
 
         self._data_server = grpc.aio.server(options=self._grpc_options())
         requests = make_request_parser(s.wire, s.grpc.max_batch_transactions)
@@ -178,13 +194,13 @@ class Server:
 
         if s.metrics.enabled:
             batchers = BatcherMetrics(self.repository.loaded)
-            self._http = HttpEndpoint(
-                lambda: self._ready, [self.telemetry, batchers, self.shadows]
-            )
+            self._http = HttpEndpoint(lambda: self._ready, [self.telemetry, batchers, self.shadows])
             self.meter_provider = make_meter_provider(self._http.registry)
             meter = meter_of(self.meter_provider)
-            for source in (self.telemetry, batchers, self.shadows, canary):
-                source.register_metrics(meter)
+            sources = (self.telemetry, batchers, self.shadows, canary, self.drift, self.outcomes)
+            for source in sources:
+                if source is not None:
+                    source.register_metrics(meter)
             self.metrics_port = await self._http.start(
                 s.metrics.host, s.metrics.port, reuse_port=s.workers > 1
             )
@@ -227,6 +243,12 @@ class Server:
         # After the data plane's drain (no more offers), before the batchers close.
         await self.shadows.stop()
         await self.repository.close()
+        if self.outcomes is not None:
+            await asyncio.to_thread(self.outcomes.close)  # flushes what is queued
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drift_task
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
         if self.tracer_provider is not None:
@@ -260,6 +282,18 @@ class Server:
             for model_name, version in route.targets():
                 await self.repository.load(model_name, version)
         return table
+
+    def _start_outcomes(self) -> OutcomeStore | None:
+        s = self.settings
+        if not s.outcomes.enabled:
+            return None
+        settings = s.outcomes
+        if settings.path is None:
+            settings = settings.model_copy(update={"path": s.state_dir / "outcomes.sqlite3"})
+        self.outcomes = OutcomeStore(
+            settings, card_figures_from(s.models.repository), fairness=s.fairness
+        ).start()
+        return self.outcomes
 
     def _route_problems(self, table: RouteTable) -> list[str]:
         def available(name: str, version: int) -> str | None:

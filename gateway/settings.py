@@ -14,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.telemetry.drift import DriftSettings
+from gateway.telemetry.fairness import FairnessSettings
+from gateway.telemetry.outcomes import OutcomeSettings
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -182,6 +186,9 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     shadow: ShadowSettings = ShadowSettings()
     canary: CanarySettings = CanarySettings()
+    drift: DriftSettings = DriftSettings()
+    outcomes: OutcomeSettings = OutcomeSettings()
+    fairness: FairnessSettings = FairnessSettings()
     routes_file: Path | None = None
     """Routes YAML; unset: one default route to the repository's champion."""
     routes_poll_s: float = Field(1.0, ge=0.0)

@@ -69,6 +69,12 @@ class FloorScoring(scoring_pb2_grpc.ScoringServicer):
         async for request in request_iterator:
             yield _reply(request.transaction)
 
+    async def ReportOutcome(
+        self, request: scoring_pb2.ReportOutcomeRequest, context: Context
+    ) -> scoring_pb2.ReportOutcomeResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor keeps no predictions")
+        raise AssertionError("unreachable")
+
 
 async def serve(host: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT, announcing the bound port on stdout."""

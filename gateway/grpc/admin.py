@@ -7,7 +7,7 @@ converts back; ``unary_errors`` maps every GatewayError kind to its status.
 from __future__ import annotations
 
 import os
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -18,6 +18,9 @@ from gateway.grpc.auth import actor_of
 from gateway.grpc.errors import unary_errors
 from gateway.operations import Change, HistoryRecord, ModelInfo, Operations
 from gateway.shadow import ShadowComparison
+from gateway.telemetry.drift import DriftOverview
+from gateway.telemetry.fairness import FairnessReport, FairnessSettings
+from gateway.telemetry.outcomes import Confusion, PerformanceReport
 from riskwire.admin.v1 import admin_pb2 as pb
 from riskwire.admin.v1 import admin_pb2_grpc as pb_grpc
 
@@ -69,6 +72,112 @@ def shadow_comparison(record: ShadowComparison) -> pb.ShadowComparison:
         score_diff_quantiles=record.score_diff_quantiles,
         shed=record.shed,
         errors=record.errors,
+    )
+
+
+def drift_response(overview: DriftOverview) -> pb.GetDriftResponse:
+    settings = overview.settings
+    return pb.GetDriftResponse(
+        models=[
+            pb.ModelDrift(
+                model=r.model,
+                version=r.version,
+                samples=r.samples,
+                level=str(r.level),
+                dropped_rows=r.dropped_rows,
+                features=[
+                    pb.FeatureDrift(
+                        feature=d.name,
+                        psi=d.psi or 0.0,
+                        has_psi=d.psi is not None,
+                        samples=d.samples,
+                        level=str(d.level),
+                        edges=d.edges,
+                        reference_proportions=d.reference_proportions,
+                        live_proportions=d.live_proportions,
+                    )
+                    for d in r.distributions
+                ],
+            )
+            for r in overview.reports
+        ],
+        watch_psi=settings.watch_psi,
+        act_psi=settings.act_psi,
+        min_samples=settings.min_samples,
+    )
+
+
+def confusion_matrix(confusion: Confusion) -> pb.ConfusionMatrix:
+    return pb.ConfusionMatrix(
+        true_positives=confusion.tp,
+        false_positives=confusion.fp,
+        true_negatives=confusion.tn,
+        false_negatives=confusion.fn,
+    )
+
+
+def performance(report: PerformanceReport) -> pb.Performance:
+    card = report.card
+    return pb.Performance(
+        route=report.route,
+        model=report.model,
+        version=report.version,
+        arm=report.arm,
+        labelled=report.labelled,
+        positives=report.positives,
+        decline=confusion_matrix(report.decline),
+        flagged=confusion_matrix(report.flagged),
+        precision=report.precision,
+        recall=report.recall,
+        auc=report.auc,
+        fraud_caught_usd=report.fraud_caught_usd,
+        fraud_missed_usd=report.fraud_missed_usd,
+        degraded=report.degraded,
+        degraded_reasons=report.reasons,
+        card_precision=None if card is None else card.precision_at_decline,
+        card_recall=None if card is None else card.recall_at_decline,
+        card_auc=None if card is None else card.auc,
+        window_start=datetime.fromtimestamp(report.window_start, UTC).isoformat(
+            timespec="milliseconds"
+        ),
+    )
+
+
+def fairness_response(
+    settings: FairnessSettings, reports: list[FairnessReport]
+) -> pb.GetFairnessResponse:
+    return pb.GetFairnessResponse(
+        reports=[
+            pb.FairnessReport(
+                route=r.route,
+                model=r.model,
+                version=r.version,
+                arm=r.arm,
+                attribute=r.attribute,
+                groups=[
+                    pb.FairnessGroup(
+                        group=g.group,
+                        decisions=g.decisions,
+                        declines=g.declines,
+                        labelled=g.labelled,
+                        selection_rate=g.selection_rate,
+                        tpr=g.tpr,
+                        fpr=g.fpr,
+                        compared=g.compared,
+                    )
+                    for g in r.groups
+                ],
+                disparate_impact_ratio=r.disparate_impact_ratio,
+                demographic_parity_difference=r.demographic_parity_difference,
+                equalized_odds_difference=r.equalized_odds_difference,
+                four_fifths_violated=r.four_fifths_violated,
+                equalized_odds_violated=r.equalized_odds_violated,
+            )
+            for r in reports
+        ],
+        min_group_size=settings.min_group_size,
+        di_threshold=settings.di_threshold,
+        eo_threshold=settings.eo_threshold,
     )
 
 
@@ -240,3 +349,22 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.GetShadowComparisonResponse:
         records = self._operations.shadow_comparisons(request.route or None)
         return pb.GetShadowComparisonResponse(comparisons=[shadow_comparison(r) for r in records])
+
+    @unary_errors
+    async def GetPerformance(
+        self, request: pb.GetPerformanceRequest, context: Context
+    ) -> pb.GetPerformanceResponse:
+        reports = await self._operations.performance(request.route or None)
+        return pb.GetPerformanceResponse(performance=[performance(r) for r in reports])
+
+    @unary_errors
+    async def GetFairness(
+        self, request: pb.GetFairnessRequest, context: Context
+    ) -> pb.GetFairnessResponse:
+        settings, reports = await self._operations.fairness(request.route or None)
+        return fairness_response(settings, reports)
+
+    @unary_errors
+    async def GetDrift(self, request: pb.GetDriftRequest, context: Context) -> pb.GetDriftResponse:
+        overview = self._operations.drift_reports(request.model or None, request.version or None)
+        return drift_response(overview)

@@ -131,6 +131,7 @@ def batch_from_transactions(
         routing_keys=[routing_keys(txn) for txn in items],
         transactions=items,
         amounts_usd=lambda: [to_usd(txn.amount_minor, txn.currency) for txn in items],
+        monitoring_attributes=lambda: [dict(txn.monitoring_attributes) for txn in items],
     )
 
 

@@ -20,6 +20,7 @@ from gateway.dataplane import DataPlane, GroupStages, ScoreResult
 from gateway.errors import GatewayError
 from gateway.grpc.converters import caller_deadline, encode_result
 from gateway.grpc.errors import STATUS_OF_KIND, stream_errors, unary_errors
+from gateway.grpc.outcomes import outcome_method_handler
 from gateway.grpc.requests import RequestParser
 from gateway.grpc.responses import ResponseWriter
 from gateway.telemetry.serving import ScoringTelemetry
@@ -59,6 +60,7 @@ class ScoringService:
                 "Score": grpc.unary_unary_rpc_method_handler(self.Score),
                 "ScoreBatch": grpc.unary_unary_rpc_method_handler(self.ScoreBatch),
                 "ScoreStream": grpc.stream_stream_rpc_method_handler(self.ScoreStream),
+                "ReportOutcome": outcome_method_handler(self._dataplane.outcomes),
             },
         )
 
