@@ -58,6 +58,9 @@ def _expire(pending: _Pending, name: str) -> None:
         )
 
 
+SERVICE_EWMA_WEIGHT = 0.05
+"""Weight of the newest model call in the service-time mean (about the last 20 calls)."""
+
 BATCH_SIZE_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 """Upper bounds (rows) of the batch-size histogram's buckets; one more for larger."""
 
@@ -70,6 +73,10 @@ class BatcherStats:
     rows: int = 0
     expired: int = 0
     shed: int = 0
+    """Requests refused because the queue was full (queue_rows)."""
+    shed_late: int = 0
+    """Requests refused at admission: the work queued ahead of them, at the measured
+    service time, would end past their deadline."""
     failures: int = 0
     sizes: list[int] = field(default_factory=lambda: [0] * (len(BATCH_SIZE_EDGES) + 1))
     """Model calls per batch-size bucket (BATCH_SIZE_EDGES, then larger)."""
@@ -115,6 +122,11 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._running = 0
+        """1 while a model call is in flight (its rows no longer count as queued)."""
+        self.service_s = 0.0
+        """Exponentially weighted mean duration of one model call of up to max_batch
+        rows, in seconds (0 until the first call): what admission control reckons with."""
         self.stats = BatcherStats()
 
     @property
@@ -152,8 +164,16 @@ class DynamicBatcher:
         ``times``, when given, receives the ``perf_counter_ns`` at which the model call
         holding these rows started and ended (queue wait and inference, for telemetry).
 
+        Admission: with a finite ``deadline`` and work ahead of them, the rows are
+        refused when the model calls ahead of them (the one running, and the queued
+        rows in ``max_batch`` chunks, then theirs) at the measured service time per
+        call would end past it:
+        under a spike the caller gets its fallback at once instead of a late answer,
+        and the queue never holds work that cannot finish in time.
+
         Raises:
-            Overloaded: the queue cannot take ``k`` more rows, or the batcher is closing.
+            Overloaded: the queue cannot take ``k`` more rows, they could not be
+                answered before ``deadline``, or the batcher is closing.
         """
         k = rows.shape[0]
         if self._closing:
@@ -165,7 +185,26 @@ class DynamicBatcher:
                 f"{self.queue_rows} rows waiting)"
             )
         loop = asyncio.get_running_loop()
+        busy = self._queued_rows or self._running
+        if busy and deadline != float("inf") and self.service_s > 0.0:
+            # Only work queued ahead counts as overload; a deadline shorter than one
+            # call on an idle model is a timeout (below).
+            calls = -(-(self._queued_rows + k) // self.max_batch) + self._running
+            expected = loop.time() + calls * self.service_s
+            if expected > deadline:
+                self.stats.shed_late += 1
+                raise Overloaded(
+                    f"model {self.name} cannot answer in time: {calls} model call(s) of "
+                    f"~{self.service_s * 1e3:.2f} ms ahead, "
+                    f"{max(deadline - loop.time(), 0.0) * 1e3:.2f} ms left"
+                )
         future: asyncio.Future[npt.NDArray[np.float64]] = loop.create_future()
+        if deadline != float("inf") and loop.time() + self.service_s > deadline:
+            # Even alone, one call would end past the deadline: a timeout known now,
+            # answered as the timer would answer it, without spending the model call.
+            self.stats.expired += 1
+            _expire(_Pending(rows, deadline, future, None, None), self.name)
+            return future
         pending = _Pending(rows, deadline, future, None, times)
         if deadline != float("inf"):
             # loop.time() is time.monotonic() on asyncio and uvloop alike.
@@ -191,6 +230,7 @@ class DynamicBatcher:
                 continue
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
             started_ns = time.perf_counter_ns()
+            self._running = 1
             try:
                 if rows.shape[0] > self.inline_max_rows:
                     scores = await loop.run_in_executor(self._executor, self._run_chunked, rows)
@@ -199,6 +239,7 @@ class DynamicBatcher:
                 else:
                     scores = await self._run_chunked_inline(rows)
             except Exception as exc:  # the runtime's own errors: answered, never raised here
+                self._running = 0
                 self.stats.failures += 1
                 failure = BackendFailure(f"model {self.name} failed: {exc}")
                 for pending in batch:
@@ -207,6 +248,9 @@ class DynamicBatcher:
                         pending.future.set_exception(failure)
                 continue
             ended_ns = time.perf_counter_ns()
+            self._running = 0
+            calls = -(-rows.shape[0] // self.max_batch)
+            self._observe_service((ended_ns - started_ns) / 1e9 / calls)
             self.stats.count_batch(rows.shape[0])
             start = 0
             for pending in batch:
@@ -220,6 +264,12 @@ class DynamicBatcher:
             if rows.shape[0] <= self.inline_max_rows:
                 # Inline batches never yielded: let the answered calls go out first.
                 await asyncio.sleep(0)
+
+    def _observe_service(self, seconds: float) -> None:
+        if self.service_s == 0.0:
+            self.service_s = seconds
+        else:
+            self.service_s += SERVICE_EWMA_WEIGHT * (seconds - self.service_s)
 
     @staticmethod
     def _settle(pending: _Pending) -> None:

@@ -67,17 +67,20 @@ class BatcherMetrics(Collector):
                 "Requests dropped unrun: their deadline passed while queued",
                 lambda s: s.expired,
             ),
-            "riskwire.shed.requests": (
-                "Requests refused by a full model queue (answered by fallback or "
-                "RESOURCE_EXHAUSTED by route policy)",
-                lambda s: s.shed,
-            ),
             "riskwire.backend.failures": ("Model calls that raised", lambda s: s.failures),
         }
         for name, (description, read) in counters.items():
             meter.create_observable_counter(
                 name, [self._reader(read)], unit="", description=description
             )
+        meter.create_observable_counter(
+            "riskwire.shed.requests",
+            [self._shed],
+            unit="",
+            description="Requests the batcher refused, answered by the route's fallback or "
+            "RESOURCE_EXHAUSTED: reason queue_full (queue_rows) or deadline (admission: "
+            "the work ahead would end past the request's deadline)",
+        )
         meter.create_observable_gauge(
             "riskwire.queue.rows",
             [self._queue_rows],
@@ -93,6 +96,12 @@ class BatcherMetrics(Collector):
                 yield Observation(read(model.batcher.stats), _labels(model))
 
         return observe
+
+    def _shed(self, _: CallbackOptions) -> Iterable[Observation]:
+        for model in self._loaded():
+            stats = model.batcher.stats
+            yield Observation(stats.shed, _labels(model) | {"reason": "queue_full"})
+            yield Observation(stats.shed_late, _labels(model) | {"reason": "deadline"})
 
     def _queue_rows(self, _: CallbackOptions) -> Iterable[Observation]:
         for model in self._loaded():

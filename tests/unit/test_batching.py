@@ -201,3 +201,43 @@ def test_model_failure_reaches_every_caller() -> None:
         await batcher.close()
 
     asyncio.run(run())
+
+
+class SlowModel(RecordingModel):
+    """Takes ``seconds`` per call (on the worker thread, like a large model)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        time.sleep(self.seconds)
+        return super().__call__(rows)
+
+
+def test_admission_refuses_what_the_queue_ahead_cannot_finish_in_time() -> None:
+    model = SlowModel(0.05)
+
+    async def run() -> DynamicBatcher:
+        batcher = DynamicBatcher(
+            "m/1", model, max_batch=1, max_delay_us=0, queue_rows=100, inline_max_rows=0
+        )
+        batcher.start()
+        await batcher.submit(rows(1.0))  # measures the service time: ~50 ms a call
+        assert batcher.service_s >= 0.04
+        first = batcher.submit(rows(1.0))  # runs now
+        second = batcher.submit(rows(2.0), deadline=time.monotonic() + 10)  # 2 calls: fits
+        with pytest.raises(Overloaded, match="cannot answer in time"):
+            # Three calls of ~50 ms ahead of a 60 ms deadline: refused at once, never run.
+            batcher.submit(rows(3.0), deadline=time.monotonic() + 0.06)
+        await asyncio.gather(first, second)
+        # On an idle model a short deadline is no overload: admitted, then it expires.
+        alone = batcher.submit(rows(4.0), deadline=time.monotonic() + 0.001)
+        with pytest.raises(DeadlineExpired):
+            await alone
+        await batcher.close()
+        return batcher
+
+    batcher = asyncio.run(run())
+    assert batcher.stats.shed_late == 1 and batcher.stats.shed == 0
+    assert model.calls == [1, 1, 1]  # the refused and the expired rows never ran
