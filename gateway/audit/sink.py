@@ -1,0 +1,334 @@
+"""What the gateway records, and how each event becomes an audit record.
+
+:class:`ChainAuditSink` implements ``gateway.audit_sink.AuditSink`` (admin refusals,
+configuration changes) over an :class:`AuditWriter`, and adds the data plane's events:
+decisions, shadow scores, model loads, unloads and approvals.
+
+The calling thread does as little as possible. A decision call queues one item that
+holds the call's batch and results by reference; the writer thread turns it into one
+record per transaction, hashing the ids and reading the raw inputs there. Only
+:meth:`ChainAuditSink.config_changed` waits for the disk: a route table must not serve
+before its record is durable (``RouteStore``'s listener contract), and such changes
+are rare.
+
+Payloads, by kind (entity ids are keyed hashes, see records.py; nothing else is):
+
+- ``decision``: transaction_id, account_id, card_id, model, version, route, arm,
+  config_version, score, decision, decision_source, fallback_reason, latency_us,
+  inputs {amount_minor, currency, merchant_category_code, channel, country},
+  reason_codes [{code, feature, contribution}] (when the answer carries them).
+- ``shadow_score``: transaction_id, account_id, route, config_version, model,
+  version, score, decision, and the primary's model, version, score, decision.
+- ``config_change``: config_version, previous_version, change (apply, rollback,
+  canary_*), actor, reason, diff, figures, restored_version, applied_at, the whole
+  table in force and its SHA-256.
+- ``model_load`` / ``model_unload`` / ``model_approval``: model, version, actor,
+  reason, and for a load the card's kind, owner, approval and the SHA-256 of
+  card.yaml and model.onnx (read on the writer thread).
+- ``admin_refused``: method, peer, reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.audit.records import RecordKind, canonical
+from gateway.audit.writer import (
+    AuditEvent,
+    AuditUnavailable,
+    AuditWriter,
+    AuditWriterFailed,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from gateway.dataplane import ScoreResult, TransactionBatch
+    from gateway.models.repository import LoadedModel
+    from router.store import ConfigChange
+
+log = logging.getLogger("riskwire.audit")
+
+DURABLE_TIMEOUT_S = 5.0
+"""How long a configuration change waits for its record to reach the disk."""
+
+
+def _number(value: float) -> float | str:
+    """A float JSON can hold: NaN and infinities as their names (never a refused record)."""
+    return value if math.isfinite(value) else str(value)
+
+
+@dataclass(slots=True)
+class DecisionRecords:
+    """One scoring call's decisions: one ``decision`` record per transaction."""
+
+    batch: TransactionBatch
+    results: Sequence[ScoreResult]
+    latency_us: int
+    """Server-side time of the call, from the data plane's start to its answer."""
+    ts_ms: int = field(default_factory=now_ms)
+
+    @property
+    def kind(self) -> RecordKind:
+        return "decision"
+
+    @property
+    def record_count(self) -> int:
+        return len(self.results)
+
+    def expand(self, hash_entity: Callable[[str], str]) -> Iterator[tuple[int, dict[str, Any]]]:
+        transactions = self.batch.transactions
+        keys_of = self.batch.routing_keys
+        for i, result in enumerate(self.results):
+            keys = keys_of[i]
+            # Protobuf Transactions are read as attributes; the native parser's batch
+            # gives one transaction as a dict.
+            if isinstance(transactions, Sequence):
+                txn = transactions[i]
+                amount_minor, currency = txn.amount_minor, txn.currency
+            else:
+                fields = transactions.transaction(i)
+                amount_minor, currency = fields["amount_minor"], fields["currency"]
+            fallback = result.fallback_reason
+            payload: dict[str, Any] = {
+                "transaction_id": hash_entity(result.transaction_id),
+                "account_id": hash_entity(keys.get("account_id", "")),
+                "card_id": hash_entity(keys.get("card_id", "")),
+                "model": result.model_name,
+                "version": result.model_version,
+                "route": result.route,
+                "arm": str(result.arm),
+                "config_version": result.config_version,
+                "score": _number(result.score),
+                "decision": str(result.decision),
+                "decision_source": str(result.source),
+                "fallback_reason": str(fallback) if fallback is not None else None,
+                "latency_us": self.latency_us,
+                "inputs": {
+                    "amount_minor": amount_minor,
+                    "currency": currency,
+                    "merchant_category_code": keys.get("merchant_category_code", ""),
+                    "channel": keys.get("channel", ""),
+                    "country": keys.get("country", ""),
+                },
+            }
+            if result.reason_codes:
+                payload["reason_codes"] = [
+                    {
+                        "code": reason.code,
+                        "feature": reason.feature,
+                        "contribution": _number(reason.contribution),
+                    }
+                    for reason in result.reason_codes
+                ]
+            yield self.ts_ms, payload
+
+
+@dataclass(slots=True)
+class LazyEvent:
+    """One record whose payload is built on the writer thread (reads files, dumps tables)."""
+
+    kind: RecordKind
+    build: Callable[[Callable[[str], str]], dict[str, Any]]
+    ts_ms: int = field(default_factory=now_ms)
+
+    @property
+    def record_count(self) -> int:
+        return 1
+
+    def expand(self, hash_entity: Callable[[str], str]) -> Iterator[tuple[int, dict[str, Any]]]:
+        yield self.ts_ms, self.build(hash_entity)
+
+
+def file_sha256(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as source:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+class ChainAuditSink:
+    """The gateway's audit events, recorded on the hash chain of ``writer``.
+
+    Implements ``gateway.audit_sink.AuditSink``; replaces ``LoggingAuditSink`` at
+    server assembly.
+    """
+
+    def __init__(self, writer: AuditWriter, durable_timeout_s: float = DURABLE_TIMEOUT_S) -> None:
+        self.writer = writer
+        self._durable_timeout_s = durable_timeout_s
+
+    # -- AuditSink -----------------------------------------------------------------
+
+    def admin_refused(self, method: str, peer: str, reason: str) -> None:
+        """Record a refused admin call. The call is refused whatever happens here, so a
+        full queue (after ``block_ms``) is counted and logged, not raised."""
+        event = AuditEvent("admin_refused", {"method": method, "peer": peer, "reason": reason})
+        try:
+            self.writer.submit_blocking(event)
+        except AuditUnavailable as exc:
+            log.error("admin refusal of %s from %s not recorded: %s", method, peer, exc)
+
+    def config_changed(self, change: ConfigChange) -> None:
+        """Record an accepted route table and wait until the record is on disk.
+
+        Raises:
+            AuditUnavailable: the record could not be queued or made durable in time:
+                the route store then refuses the change.
+        """
+
+        def build(_hash: Callable[[str], str]) -> dict[str, Any]:
+            table = change.table.model_dump(mode="json", exclude_none=True)
+            return {
+                "config_version": change.config_version,
+                "previous_version": change.previous_version,
+                "change": str(change.kind),
+                "actor": change.actor,
+                "reason": change.reason,
+                "diff": list(change.diff),
+                "figures": {k: _number(float(v)) for k, v in sorted(change.figures.items())},
+                "restored_version": change.restored_version,
+                "applied_at": change.applied_at.isoformat(),
+                "table": table,
+                "table_sha256": hashlib.sha256(canonical(table)).hexdigest(),
+            }
+
+        self._record_durably(LazyEvent("config_change", build))
+
+    # -- the data plane ------------------------------------------------------------
+
+    def decisions_item(
+        self, batch: TransactionBatch, results: Sequence[ScoreResult], latency_us: int
+    ) -> DecisionRecords:
+        """The queue item of one call's decisions (see :meth:`record_decisions`)."""
+        return DecisionRecords(batch, results, latency_us)
+
+    def offer_decisions(self, item: DecisionRecords) -> bool:
+        """Queue a call's decisions without waiting: True when queued, False when the
+        queue is full (then await :meth:`record_decisions`; nothing counted yet).
+
+        Raises:
+            AuditWriterFailed: the writer has stopped.
+        """
+        return self.writer.try_submit(item) > 0
+
+    async def record_decisions(self, item: DecisionRecords) -> None:
+        """Queue a call's decisions, waiting up to ``block_ms`` for room.
+
+        Raises:
+            AuditQueueFull: the queue stayed full (counted): answer per ``on_full``.
+            AuditWriterFailed: the writer has stopped.
+        """
+        await self.writer.submit_or_wait(item)
+
+    def shadow_score(
+        self,
+        primary: ScoreResult,
+        routing_keys: Mapping[str, str],
+        model: str,
+        version: int,
+        score: float,
+        decision: str,
+    ) -> bool:
+        """Record one shadow arm's score beside its primary answer, without waiting.
+
+        Shadow work is shed first under load: a full queue refuses the record (counted
+        as queue_full{kind="shadow_score"}) and this returns False.
+        """
+        event = AuditEvent(
+            "shadow_score",
+            {
+                "route": primary.route,
+                "config_version": primary.config_version,
+                "model": model,
+                "version": version,
+                "score": _number(score),
+                "decision": str(decision),
+                "primary_model": primary.model_name,
+                "primary_version": primary.model_version,
+                "primary_score": _number(primary.score),
+                "primary_decision": str(primary.decision),
+            },
+            {
+                "transaction_id": primary.transaction_id,
+                "account_id": routing_keys.get("account_id", ""),
+            },
+        )
+        try:
+            self.writer.submit(event)
+        except AuditUnavailable:
+            return False
+        return True
+
+    def model_loaded(self, model: LoadedModel, actor: str = "", reason: str = "") -> None:
+        """Record a model version loaded (and warmed), with what was loaded: the card's
+        approval and the digests of its files.
+
+        Raises:
+            AuditUnavailable: the queue stayed full for ``block_ms``, or the writer stopped.
+        """
+        card, path = model.card, model.path
+
+        def build(_hash: Callable[[str], str]) -> dict[str, Any]:
+            return {
+                "model": card.name,
+                "version": card.version,
+                "actor": actor,
+                "reason": reason,
+                "model_kind": card.kind,
+                "owner": card.owner,
+                "approval": card.approval.model_dump(mode="json"),
+                "path": str(path),
+                "card_sha256": file_sha256(path / "card.yaml"),
+                "model_sha256": file_sha256(path / "model.onnx"),
+            }
+
+        self.writer.submit_blocking(LazyEvent("model_load", build))
+
+    def model_unloaded(self, name: str, version: int, actor: str = "", reason: str = "") -> None:
+        """Record a model version unloaded (raises as :meth:`model_loaded`)."""
+        payload = {"model": name, "version": version, "actor": actor, "reason": reason}
+        self.writer.submit_blocking(AuditEvent("model_unload", payload))
+
+    def model_approval(
+        self,
+        name: str,
+        version: int,
+        status: str,
+        approver: str | None,
+        date: str | None,
+        actor: str = "",
+        reason: str = "",
+    ) -> None:
+        """Record a governance decision on a model version: approved, pending, rejected
+        (raises as :meth:`model_loaded`)."""
+        payload = {
+            "model": name,
+            "version": version,
+            "status": status,
+            "approver": approver,
+            "date": date,
+            "actor": actor,
+            "reason": reason,
+        }
+        self.writer.submit_blocking(AuditEvent("model_approval", payload))
+
+    # -- internals -----------------------------------------------------------------
+
+    def _record_durably(self, item: LazyEvent) -> None:
+        self.writer.submit_blocking(item)
+        if not self.writer.flush(self._durable_timeout_s):
+            raise AuditWriterFailed(
+                f"the {item.kind} record did not reach the disk within "
+                f"{self._durable_timeout_s:g} s",
+            )
