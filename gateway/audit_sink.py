@@ -58,3 +58,20 @@ class LoggingAuditSink:
             # A canary step's evidence: requests, p99s, error and decline rates, PSI.
             json.dumps(dict(change.figures), sort_keys=True, default=str),
         )
+
+
+class TeeAuditSink:
+    """The durable record first (which may refuse a change), then the server log line
+    operators watch: both see every event."""
+
+    def __init__(self, record: AuditSink, log_sink: AuditSink | None = None) -> None:
+        self._record = record
+        self._log = log_sink if log_sink is not None else LoggingAuditSink()
+
+    def admin_refused(self, method: str, peer: str, reason: str) -> None:
+        self._record.admin_refused(method, peer, reason)
+        self._log.admin_refused(method, peer, reason)
+
+    def config_changed(self, change: ConfigChange) -> None:
+        self._record.config_changed(change)
+        self._log.config_changed(change)

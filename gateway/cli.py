@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.audit.cli import add_audit_commands
 from gateway.drift_cli import add_drift_commands
 from gateway.routes_cli import add_routes_commands
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(func=_score)
 
     add_routes_commands(commands)
+    add_audit_commands(commands)
     add_drift_commands(commands)
 
     data = commands.add_parser("data", help="synthetic transactions").add_subparsers(

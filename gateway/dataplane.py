@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry.metrics import Meter, Observation
 
 from gateway.decisions import DecisionSource as DecisionSource  # re-exported
 from gateway.errors import (
@@ -27,6 +28,7 @@ from gateway.errors import (
     Overloaded,
     invalid,
 )
+from gateway.explain import Explainers, Reason
 from gateway.features.transactions import TransactionSource
 from gateway.models.repository import LoadedModel, ModelRepository
 from router.routes import (
@@ -38,9 +40,10 @@ from router.routes import (
     StickyKey,
     decide,
 )
-from router.store import RouteStore
+from router.store import RouteStore, VersionedTable
 
 if TYPE_CHECKING:
+    from gateway.audit.sink import ChainAuditSink
     from gateway.canary import CanaryController
     from gateway.shadow import ShadowRunner
     from gateway.telemetry.drift import DriftMonitors
@@ -60,6 +63,9 @@ class FallbackReason(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     OVERLOAD = "OVERLOAD"
     BACKEND_ERROR = "BACKEND_ERROR"
+    AUDIT_BACKLOG = "AUDIT_BACKLOG"
+    """The audit queue stayed full for ``audit.block_ms``: the decision could not be
+    recorded, so the route's fallback answers (audit.on_full: block_then_fallback)."""
 
 
 _TRIGGER = {
@@ -117,6 +123,9 @@ class ScoreResult:
     route: str
     config_version: int
     fallback_reason: FallbackReason | None = None
+    reason_codes: tuple[Reason, ...] = ()
+    """Why the score is what it is (gateway/explain.py), when the request or the route
+    asks; fallback answers carry none."""
 
 
 def parse_version(version: str) -> int | None:
@@ -179,6 +188,8 @@ class DataPlane:
         shadows: ShadowRunner | None = None,
         canary: CanaryController | None = None,
         drift: DriftMonitors | None = None,
+        audit: ChainAuditSink | None = None,
+        audit_fails_calls: bool = False,
         outcomes: OutcomeStore | None = None,
     ) -> None:
         self.repository = repository
@@ -189,16 +200,43 @@ class DataPlane:
         self.canary = canary
         """Counts the canary routes' answers for the canary controller; None: off."""
         self.drift = drift
+        self.audit = audit
+        """Records every answered call's decisions before the answer goes out; None: off."""
+        self._audit_fails_calls = audit_fails_calls
+        """When the audit queue stays full: True answers the call with the error
+        (RESOURCE_EXHAUSTED), False with the route's fallback (AUDIT_BACKLOG)."""
         """Drift monitors of the loaded versions (fed with each batch's rows and scores);
         None: off."""
         self.outcomes = outcomes
         """Logged predictions for the delayed-label join (ReportOutcome), performance and
         fairness reports; None: off."""
+        self.explainers = Explainers()
+        self.explain_shed = 0
+        """Transactions answered without the reason codes asked for: work was queued
+        for their model (load sheds explanations before live scores)."""
+        self.explain_failures = 0
+        """Transactions whose explanation raised (answered without reason codes)."""
+        """Reason codes: one explainer per model version, built on first use."""
         self._in_flight: dict[int, int] = {}
         """id(LoadedModel) -> calls holding it (see ``hold``); absent when none."""
         self._drained: dict[int, asyncio.Event] = {}
         """id(LoadedModel) -> set when its last call ends; only while an unload waits."""
         self._unloads: set[asyncio.Task[None]] = set()
+
+    def register_metrics(self, meter: Meter) -> None:
+        """The data plane's own counters as OpenTelemetry observable instruments."""
+        meter.create_observable_counter(
+            "riskwire.explanations.skipped",
+            [
+                lambda _: [
+                    Observation(self.explain_shed, {"reason": "load"}),
+                    Observation(self.explain_failures, {"reason": "error"}),
+                ]
+            ],
+            unit="",
+            description="Transactions answered without the reason codes asked for: shed "
+            "under load (work queued for their model) or the explanation failed",
+        )
 
     async def score(
         self,
@@ -244,6 +282,7 @@ class DataPlane:
         models = []
         waits = []
         timings: list[list[int]] = []
+        explained: list[list[tuple[Reason, ...]] | None] = []
         for (_, name, version), rows in groups.items():
             model = self.repository.get(name, version)
             route = assignments[rows[0]].route
@@ -254,8 +293,14 @@ class DataPlane:
             if stages is not None:
                 timing = []
                 timings.append(timing)
+            reasons: list[tuple[Reason, ...]] | None = None
+            if options.explain or route.explain:
+                reasons = []  # filled by _score_group once the scores are in
+            explained.append(reasons)
             waits.append(
-                self._score_group(model, batch, rows, assignments, deadline, budget, timing)
+                self._score_group(
+                    model, batch, rows, assignments, deadline, budget, timing, reasons
+                )
             )
         # Held from here, in the step that resolved them (no await since), to the end:
         # an unload started meanwhile waits for this call (see unload_model).
@@ -275,7 +320,9 @@ class DataPlane:
         finally:
             for model in models:
                 self.release(model)
-        for model, rows, (scores, failure) in zip(models, groups.values(), outcomes, strict=True):
+        for model, rows, (scores, failure), reasons in zip(
+            models, groups.values(), outcomes, explained, strict=True
+        ):
             for j, i in enumerate(rows):
                 assignment = assignments[i]
                 if failure is not None:
@@ -296,6 +343,7 @@ class DataPlane:
                     source=DecisionSource.MODEL,
                     route=assignment.route.name,
                     config_version=versioned.config_version,
+                    reason_codes=reasons[j] if reasons else (),
                 )
         answered = [r for r in results if r is not None]
         if stages is not None:
@@ -322,8 +370,42 @@ class DataPlane:
         if self.shadows is not None:
             # Queued, never awaited: the shadows run after this call has answered.
             self.shadows.offer(batch, assignments, answered)
+        if self.audit is not None:
+            answered = await self._audit(batch, assignments, answered, versioned, started)
         if self.outcomes is not None:
             self._log_predictions(batch, answered)
+        return answered
+
+    async def _audit(
+        self,
+        batch: TransactionBatch,
+        assignments: list[Assignment],
+        answered: list[ScoreResult],
+        versioned: VersionedTable,
+        started: float,
+    ) -> list[ScoreResult]:
+        """Queue the call's decision records; nothing is answered that is not queued.
+
+        A full queue is waited on for ``audit.block_ms``; then, by policy, the call
+        fails (RESOURCE_EXHAUSTED) or every transaction gets its route's fallback
+        (reason AUDIT_BACKLOG), counted in riskwire_audit_queue_full_total.
+        """
+        from gateway.audit.writer import AuditUnavailable
+
+        assert self.audit is not None
+        latency_us = int((time.perf_counter() - started) * 1e6)
+        item = self.audit.decisions_item(batch, answered, latency_us)
+        if self.audit.offer_decisions(item):
+            return answered
+        try:
+            await self.audit.record_decisions(item)
+        except AuditUnavailable:
+            if self._audit_fails_calls:
+                raise
+            return [
+                self._fallback(batch, i, a, FallbackReason.AUDIT_BACKLOG, versioned.config_version)
+                for i, a in enumerate(assignments)
+            ]
         return answered
 
     def _log_predictions(self, batch: TransactionBatch, answered: list[ScoreResult]) -> None:
@@ -341,7 +423,9 @@ class DataPlane:
             ]
         )
 
-    async def load_model(self, name: str, version: int | None = None) -> LoadedModel:
+    async def load_model(
+        self, name: str, version: int | None = None, actor: str = ""
+    ) -> LoadedModel:
         """Load, warm and start a model version; the newest on disk when ``version`` is None.
 
         The version is visible to routing and to the route check only once warm, so
@@ -354,9 +438,12 @@ class DataPlane:
                 (a card or graph that does not load, with the reason), UNAVAILABLE
                 (that version is unloading).
         """
+        loaded = {m.key for m in self.repository.loaded()}
         model = await self.repository.load(name, version)
         if self.drift is not None:
             self.drift.get_or_create(model.card)  # GetDrift lists it before traffic does
+        if self.audit is not None and model.key not in loaded:
+            self.audit.model_loaded(model, actor=actor, reason="LoadModel")
         return model
 
     async def unload_model(
@@ -365,6 +452,7 @@ class DataPlane:
         version: int | None = None,
         *,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        actor: str = "",
     ) -> None:
         """Unload one version, or every loaded version of ``name`` when None, draining it.
 
@@ -395,6 +483,11 @@ class DataPlane:
         self._unloads.add(task)
         task.add_done_callback(self._unloads.discard)
         await asyncio.shield(task)
+        if self.audit is not None:
+            for model in models:
+                self.audit.model_unloaded(
+                    model.name, model.version, actor=actor, reason="UnloadModel"
+                )
 
     def hold(self, model: LoadedModel) -> None:
         """Count a call that resolved ``model``; pair with :meth:`release`.
@@ -536,6 +629,7 @@ class DataPlane:
         deadline: float,
         budget: float,
         timing: list[int] | None,
+        reasons: list[tuple[Reason, ...]] | None = None,
     ) -> tuple[npt.NDArray[np.float64] | None, FallbackReason | None]:
         selected = None if len(rows) == len(batch) else rows
         if timing is not None:
@@ -563,6 +657,19 @@ class DataPlane:
             return None, self._covered(assignments[rows[0]].route, FallbackReason.BACKEND_ERROR)
         if self.drift is not None:
             self.drift.observe(model.card, features, scores)  # O(1): binned off this path
+        if reasons is not None:
+            if model.batcher.queued_rows:
+                # Under load explanations go before live scores do (after shadows):
+                # the answer goes out without reason codes, counted.
+                self.explain_shed += len(rows)
+            else:
+                # One more model call for this group's rows (gateway/explain.py).
+                top_k = assignments[rows[0]].route.explain_top_k
+                try:
+                    reasons += await self.explainers.explain(model, features, top_k)
+                except Exception:  # the score stands; its explanation is lost, logged
+                    log.exception("explaining %s failed; answered without reasons", model.key)
+                    self.explain_failures += len(rows)
         return scores, None
 
     @staticmethod

@@ -255,14 +255,14 @@ class Operations:
             raise GatewayError(ErrorKind.NOT_FOUND, f"model {name!r} version {version} unknown")
         return found[0]
 
-    async def load_model(self, name: str, version: int | None) -> ModelInfo:
+    async def load_model(self, name: str, version: int | None, actor: str = "") -> ModelInfo:
         """Load (and warm) a version, the newest on disk when None."""
-        model = await self._dataplane.load_model(name, version)
+        model = await self._dataplane.load_model(name, version, actor)
         return self.model_info(model.name, model.version)
 
-    async def unload_model(self, name: str, version: int | None) -> None:
+    async def unload_model(self, name: str, version: int | None, actor: str = "") -> None:
         """Unload a version (every version when None) that no route in force uses."""
-        await self._dataplane.unload_model(name, version)
+        await self._dataplane.unload_model(name, version, actor=actor)
 
     def shadow_comparisons(self, route: str | None = None) -> list[ShadowComparison]:
         """The shadow arms' comparisons with the primary, per route and shadow model.

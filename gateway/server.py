@@ -25,8 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client.registry import Collector
 
-from gateway.audit_sink import AuditSink, LoggingAuditSink
+from gateway.audit.sink import ChainAuditSink
+from gateway.audit.writer import AuditWriter, open_writer
+from gateway.audit_sink import AuditSink, LoggingAuditSink, TeeAuditSink
 from gateway.backends.onnxruntime import preferred_providers
 from gateway.canary import CanaryController
 from gateway.dataplane import DataPlane
@@ -89,7 +92,10 @@ class Server:
         self.tracer_provider = make_tracer_provider()
         """Set when the OTEL_* environment asks for traces (gateway/telemetry/tracing.py)."""
         self.audit: AuditSink = LoggingAuditSink()
-        """Admin refusals and accepted config changes; the audit log replaces it."""
+        """Admin refusals and accepted config changes: the hash-chained audit log when
+        ``audit.enabled`` (``chain``), else the server log."""
+        self.audit_writer: AuditWriter | None = None
+        self.chain: ChainAuditSink | None = None
         self._routes_watch: RoutesFileWatcher | None = None
         self.shadows = ShadowRunner(self.repository, settings.shadow, settings.encoder)
         self.drift = DriftMonitors(settings.drift) if settings.drift.enabled else None
@@ -108,6 +114,14 @@ class Server:
     async def start(self) -> None:
         """Load the models and the routes, bind every port, then report SERVING."""
         s = self.settings
+        if s.audit.enabled:
+            # First: model loads and the first config_version are recorded.
+            worker = s.audit.worker_id if s.audit.worker_id is not None else 0
+            self.audit_writer = open_writer(s.audit.resolved(s.state_dir), worker)
+            await asyncio.to_thread(self.audit_writer.start)  # recovers a torn tail
+            self.chain = ChainAuditSink(self.audit_writer)
+            self.audit = TeeAuditSink(self.chain)
+            self.shadows.audit = self.chain
         table = await self._load_models_and_routes()
         hashing = make_hashing(s.encoder)
         implementation = hashing.implementation
@@ -130,6 +144,8 @@ class Server:
             canary if s.canary.enabled else None,
             drift=self.drift,
             outcomes=self._start_outcomes(),
+            audit=self.chain,
+            audit_fails_calls=s.audit.on_full == "block_then_error",
         )
         if self.drift is not None:
             for model in self.repository.loaded():
@@ -194,10 +210,21 @@ class Server:
 
         if s.metrics.enabled:
             batchers = BatcherMetrics(self.repository.loaded)
-            self._http = HttpEndpoint(lambda: self._ready, [self.telemetry, batchers, self.shadows])
+            collectors: list[Collector] = [self.telemetry, batchers, self.shadows]
+            if self.audit_writer is not None:
+                collectors.append(self.audit_writer)
+            self._http = HttpEndpoint(lambda: self._ready, collectors)
             self.meter_provider = make_meter_provider(self._http.registry)
             meter = meter_of(self.meter_provider)
-            sources = (self.telemetry, batchers, self.shadows, canary, self.drift, self.outcomes)
+            sources = (
+                self.telemetry,
+                batchers,
+                self.shadows,
+                canary,
+                self.drift,
+                self.outcomes,
+                self.dataplane,
+            )
             for source in sources:
                 if source is not None:
                     source.register_metrics(meter)
@@ -243,6 +270,8 @@ class Server:
         # After the data plane's drain (no more offers), before the batchers close.
         await self.shadows.stop()
         await self.repository.close()
+        if self.audit_writer is not None:
+            await self.audit_writer.close()  # every queued record written and fsynced
         if self.outcomes is not None:
             await asyncio.to_thread(self.outcomes.close)  # flushes what is queued
         if self._drift_task is not None:
@@ -281,6 +310,9 @@ class Server:
         for route in table.routes:
             for model_name, version in route.targets():
                 await self.repository.load(model_name, version)
+        if self.chain is not None:
+            for model in self.repository.loaded():
+                self.chain.model_loaded(model, actor="startup", reason="loaded at start")
         return table
 
     def _start_outcomes(self) -> OutcomeStore | None:
@@ -298,14 +330,22 @@ class Server:
     def _route_problems(self, table: RouteTable) -> list[str]:
         def available(name: str, version: int) -> str | None:
             try:
-                model = self.repository.get(name, version)
+                self.repository.get(name, version)
             except Exception:
                 return "not loaded"
-            if self.settings.models.require_approval and model.card.approval.status != "approved":
-                return f"approval is {model.card.approval.status!r}, not 'approved'"
             return None
 
-        return table.problems_against(available)
+        def live(name: str, version: int) -> str | None:
+            # Shadows are exempt: their scores answer nobody (router.routes.problems_against).
+            status = self.repository.get(name, version).card.approval.status
+            if self.settings.models.require_approval and status != "approved":
+                return (
+                    f"approval is {status!r}, not 'approved': an unapproved version may "
+                    "run only as a shadow (riskwire models approve)"
+                )
+            return None
+
+        return table.problems_against(available, live=live)
 
 
 def admin_tls_credentials(settings: Settings) -> grpc.ServerCredentials:
@@ -382,6 +422,14 @@ def _worker_main(settings_json: str, announce: bool) -> None:
     run(settings, announce)
 
 
+def _worker_settings(settings: Settings, index: int) -> Settings:
+    """Worker ``index``'s settings: its own audit chain (segments w<index>-*)."""
+    if settings.audit.worker_id is not None:
+        return settings
+    audit = settings.audit.model_copy(update={"worker_id": index})
+    return settings.model_copy(update={"audit": audit})
+
+
 def _reserve_port(host: str) -> socket.socket:
     """Bind (not listen) a SO_REUSEPORT socket on a free port that workers then share.
 
@@ -418,7 +466,9 @@ def serve(settings: Settings) -> int:
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(
-            target=_worker_main, args=(settings.model_dump_json(), i == 0), name=f"riskwire-{i}"
+            target=_worker_main,
+            args=(_worker_settings(settings, i).model_dump_json(), i == 0),
+            name=f"riskwire-{i}",
         )
         for i in range(settings.workers)
     ]

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.audit.settings import AuditSettings
 from gateway.telemetry.drift import DriftSettings
 from gateway.telemetry.fairness import FairnessSettings
 from gateway.telemetry.outcomes import OutcomeSettings
@@ -189,6 +190,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     outcomes: OutcomeSettings = OutcomeSettings()
     fairness: FairnessSettings = FairnessSettings()
+    audit: AuditSettings = AuditSettings()
     routes_file: Path | None = None
     """Routes YAML; unset: one default route to the repository's champion."""
     routes_poll_s: float = Field(1.0, ge=0.0)

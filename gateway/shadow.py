@@ -44,6 +44,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +58,9 @@ from gateway.models.repository import LoadedModel, ModelRepository
 from gateway.settings import ShadowSettings
 from gateway.telemetry.histogram import FixedBucketHistogram, make_histogram
 from router.routes import Assignment, Decision, RouteSpec, ShadowSpec
+
+if TYPE_CHECKING:
+    from gateway.audit.sink import ChainAuditSink
 
 log = logging.getLogger("riskwire.shadow")
 
@@ -194,6 +198,8 @@ class ShadowRunner:
         self._in_flight: list[_Item] = []
         self._closing = False
         self._stats: dict[tuple[str, str, int], _Stats] = {}
+        self.audit: ChainAuditSink | None = None
+        """Records each shadow score beside its primary answer (never waits); None: off."""
 
     @property
     def queued(self) -> int:
@@ -377,6 +383,15 @@ class ShadowRunner:
             diff = value - primary.score
             stats.diff_sum += diff
             stats.abs_diff.record(abs(diff))
+            if self.audit is not None:
+                self.audit.shadow_score(
+                    primary,
+                    item.batch.routing_keys[item.row],
+                    model.name,
+                    model.version,
+                    value,
+                    decision,
+                )
 
     # -- counters ------------------------------------------------------------------
 

@@ -33,6 +33,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 BUCKETS = 10_000
 """Weights are percentages; a bucket is a hundredth of a percent."""
+DEFAULT_EXPLAIN_TOP_K = 4
+"""Reason codes per answer unless the route says otherwise: adverse-action notices
+(Regulation B) give the key factors, four at most by custom."""
+MAX_EXPLAIN_TOP_K = 32
+"""Most reason codes a route may ask for per answer."""
 
 StickyKey = Literal["account_id", "card_id", "merchant_id", "device_id", "transaction_id"]
 FallbackTrigger = Literal["timeout", "overload", "backend_error"]
@@ -353,6 +358,11 @@ class RouteSpec(_Frozen):
     fallback: FallbackSpec = FallbackSpec()
     canary: CanarySpec | None = None
     """How the canary arm ramps; required exactly when an arm has role canary."""
+    explain: bool = False
+    """Reason codes on every model answer of this route, whether the request asks or
+    not (a request's own ``explain`` asks for them on its answers alone)."""
+    explain_top_k: int = DEFAULT_EXPLAIN_TOP_K
+    """Most reason codes per answer, however they were asked for."""
 
     @model_validator(mode="after")
     def _valid(self) -> RouteSpec:
@@ -361,11 +371,11 @@ class RouteSpec(_Frozen):
             raise RouteTableError(problems)
         return self
 
-    def targets(self) -> list[tuple[str, int]]:
-        """Every ``(model, version)`` this route sends traffic to, arms then shadows."""
-        return [(a.model, a.version) for a in self.arms] + [
-            (s.model, s.version) for s in self.shadows
-        ]
+    def targets(self, live_only: bool = False) -> list[tuple[str, int]]:
+        """Every ``(model, version)`` this route sends traffic to, arms then shadows;
+        ``live_only``: the arms alone, whose scores answer callers."""
+        arms = [(a.model, a.version) for a in self.arms]
+        return arms if live_only else arms + [(s.model, s.version) for s in self.shadows]
 
     @property
     def champion(self) -> ArmSpec:
@@ -401,6 +411,10 @@ class RouteSpec(_Frozen):
             problems.append("salt: missing or empty (it seeds the sticky split)")
         if not (math.isfinite(self.deadline_ms) and self.deadline_ms > 0):
             problems.append(f"deadline_ms {self.deadline_ms} must be > 0")
+        if not 1 <= self.explain_top_k <= MAX_EXPLAIN_TOP_K:
+            problems.append(
+                f"explain_top_k {self.explain_top_k} must be in [1, {MAX_EXPLAIN_TOP_K}]"
+            )
         problems += [f"match.{p}" for p in self.match.problems()]
         problems += self._arm_problems()
         for i, shadow in enumerate(self.shadows):
@@ -492,14 +506,18 @@ class RouteTable(_Frozen):
         self,
         available: Callable[[str, int], str | None],
         channels: Collection[str] | None = None,
+        live: Callable[[str, int], str | None] | None = None,
     ) -> list[str]:
         """Check every arm and shadow against the loaded models.
 
         Args:
-            available: returns None when ``(model, version)`` may take live traffic,
-                otherwise why not ("not loaded", "approval pending").
+            available: returns None when ``(model, version)`` may take the route's
+                traffic, otherwise why not ("not loaded"); asked of arms and shadows.
             channels: the channel enum names the gateway knows; when given, a match
                 naming any other (a typo that would never match) is a problem.
+            live: returns None when ``(model, version)`` may answer callers, otherwise
+                why not ("approval is 'pending'"); asked of the arms alone, so that a
+                model that may not answer (not approved) can still run as a shadow.
 
         Returns:
             One message per problem; empty when the table may serve.
@@ -510,6 +528,13 @@ class RouteTable(_Frozen):
                 why = available(model, version)
                 if why is not None:
                     problems.append(f"route {route.name!r}: {model} v{version}: {why}")
+            if live is not None:
+                for model, version in route.targets(live_only=True):
+                    why = live(model, version) if available(model, version) is None else None
+                    if why is not None:
+                        problems.append(
+                            f"route {route.name!r}: {model} v{version} as a live arm: {why}"
+                        )
             if channels is not None:
                 problems += [
                     f"route {route.name!r}: match.channel {c!r} is not a known channel"

@@ -333,14 +333,16 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: Context
     ) -> pb.LoadModelResponse:
-        model = await self._operations.load_model(request.name, request.version or None)
+        model = await self._operations.load_model(
+            request.name, request.version or None, _actor(context)
+        )
         return pb.LoadModelResponse(model=model_entry(model))
 
     @unary_errors
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: Context
     ) -> pb.UnloadModelResponse:
-        await self._operations.unload_model(request.name, request.version or None)
+        await self._operations.unload_model(request.name, request.version or None, _actor(context))
         return pb.UnloadModelResponse()
 
     @unary_errors

@@ -19,7 +19,7 @@ from gateway.dataplane import DecisionSource, ScoreResult, TransactionBatch
 from gateway.errors import invalid
 from gateway.features.currency import CURRENCIES, to_usd
 from gateway.features.transactions import CHANNEL_VALUES
-from gateway.grpc.responses import ResponseWriter
+from gateway.grpc.responses import ReasonCodeFields, ResponseWriter
 from riskwire.v1 import scoring_pb2 as pb
 from router.routes import ArmRole, Decision
 
@@ -150,6 +150,12 @@ def encode_result(writer: ResponseWriter, result: ScoreResult, received_ns: int)
         audit_id="",
         server_latency_us=(time.perf_counter_ns() - received_ns) // 1000,
         fallback_reason=result.fallback_reason.value if result.fallback_reason else "",
+        reason_codes=[
+            ReasonCodeFields(r.code, r.feature, r.contribution, r.description)
+            for r in result.reason_codes
+        ]
+        if result.reason_codes
+        else (),
     )
 
 

@@ -107,7 +107,10 @@ class GateBatcher:
         self.queued_rows = 0
 
     def submit(
-        self, rows: npt.NDArray[np.float32], deadline: float = float("inf")
+        self,
+        rows: npt.NDArray[np.float32],
+        deadline: float = float("inf"),
+        times: list[int] | None = None,
     ) -> asyncio.Future[npt.NDArray[np.float64]]:
         future: asyncio.Future[npt.NDArray[np.float64]] = asyncio.get_running_loop().create_future()
         self.pending.append(future)

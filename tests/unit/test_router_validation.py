@@ -441,6 +441,38 @@ def test_problems_against_the_loaded_models_and_known_channels() -> None:
     ]
 
 
+def test_unapproved_models_may_run_as_shadows_but_not_as_live_arms() -> None:
+    table = load_table(DESIGN_EXAMPLE + CATCH_ALL)
+    status = {("fraud-gbdt", 3): "approved", ("fraud-gbdt", 4): "approved"}
+    status[("fraud-mlp", 1)] = "pending"
+
+    def live(m: str, v: int) -> str | None:
+        approval = status[(m, v)]
+        return None if approval == "approved" else f"approval is {approval!r}"
+
+    # fraud-mlp v1 is the route's shadow only: pending is no problem there.
+    assert table.problems_against(lambda m, v: None, live=live) == []
+    # As the canary it would answer callers: refused, naming route, model and status.
+    status[("fraud-gbdt", 4)] = "rejected"
+    assert table.problems_against(lambda m, v: None, live=live) == [
+        "route 'cards': fraud-gbdt v4 as a live arm: approval is 'rejected'"
+    ]
+    # A model that is not loaded is reported once, as not loaded, arm or shadow.
+    loaded = {("fraud-gbdt", 3), ("fraud-gbdt", 4)}
+    problems = table.problems_against(
+        lambda m, v: None if (m, v) in loaded else "not loaded", live=live
+    )
+    assert problems == [
+        "route 'cards': fraud-mlp v1: not loaded",
+        "route 'cards': fraud-gbdt v4 as a live arm: approval is 'rejected'",
+    ]
+
+
+def test_live_targets_are_the_arms_alone() -> None:
+    route = load_table(DESIGN_EXAMPLE + CATCH_ALL).route("cards")
+    assert route.targets(live_only=True) == [("fraud-gbdt", 3), ("fraud-gbdt", 4)]
+
+
 def test_route_accessors() -> None:
     route = load_table(DESIGN_EXAMPLE + CATCH_ALL).route("cards")
     assert route.champion.role is ArmRole.CHAMPION

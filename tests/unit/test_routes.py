@@ -92,3 +92,17 @@ def test_store_versions_each_accepted_table_and_keeps_the_old_on_refusal() -> No
     assert store.current.config_version == 1
     accepted = store.replace(default_table("fraud-gbdt", 1))
     assert accepted.config_version == 2 and store.current is accepted
+
+
+def test_route_explain_is_off_by_default_and_top_k_is_bounded() -> None:
+    table = load_table(SPLIT)
+    assert [(r.explain, r.explain_top_k) for r in table.routes] == [(False, 4), (False, 4)]
+    rest = "    salt: rest\n"
+    explained = load_table(SPLIT.replace(rest, rest + "    explain: true\n    explain_top_k: 2\n"))
+    assert (explained.routes[1].explain, explained.routes[1].explain_top_k) == (True, 2)
+    assert load_table(explained.to_yaml()) == explained
+    for bad in (0, 33):
+        with pytest.raises(
+            RouteTableError, match=rf"'rest': explain_top_k {bad} must be in \[1, 32\]"
+        ):
+            load_table(SPLIT.replace(rest, rest + f"    explain_top_k: {bad}\n"))
