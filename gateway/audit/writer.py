@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -182,6 +183,7 @@ class AuditWriter:
         self._otel = otel
         self._capacity = settings.queue_records
 
+        self._lock_fd = -1
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
@@ -232,6 +234,7 @@ class AuditWriter:
         if self._thread is not None:
             raise RuntimeError("the audit writer is already started")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_chain()
         recovered = recover(self.directory, self.worker_id)
         if recovered is None:
             self._open_segment(1, None)
@@ -278,8 +281,28 @@ class AuditWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the chain's lock
+            self._lock_fd = -1
         if self._otel is not None:
             self._otel.shutdown()
+
+    def _lock_chain(self) -> None:
+        """Hold ``w<worker>.lock`` for the writer's life: two processes appending to one
+        chain would interleave records and break it, so the second one fails to start.
+        The kernel drops the lock when the process dies, kill -9 included."""
+        path = self.directory / f"w{self.worker_id:03d}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditChainBusy(
+                f"another process writes audit chain w{self.worker_id:03d} in "
+                f"{self.directory} (give each server its own audit.directory or "
+                "audit.worker_id)"
+            ) from None
+        self._lock_fd = fd
 
     # -- submitting --------------------------------------------------------------------
 
@@ -739,6 +762,10 @@ def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None
             loop.call_soon_threadsafe(_wake_future, room)
 
 
+class AuditChainBusy(OSError):
+    """The worker's chain is already being written by another live process."""
+
+
 def open_writer(
     settings: AuditSettings, worker_index: int = 0, *, otel: OtelAuditLogs | None = None
 ) -> AuditWriter:
@@ -750,6 +777,7 @@ def open_writer(
 
 
 __all__ = [
+    "AuditChainBusy",
     "AuditEvent",
     "AuditQueueFull",
     "AuditStats",

@@ -25,6 +25,7 @@ from gateway.audit.settings import AuditSettings
 from gateway.audit.sink import ChainAuditSink
 from gateway.audit.verify import verify
 from gateway.audit.writer import (
+    AuditChainBusy,
     AuditEvent,
     AuditQueueFull,
     AuditWriter,
@@ -501,3 +502,20 @@ def test_otel_logs_are_off_without_an_endpoint() -> None:
     otel = OtelAuditLogs.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
     assert otel is not None
     otel.shutdown()
+
+
+def test_a_second_writer_of_the_same_chain_is_refused(tmp_path: Path) -> None:
+    first = AuditWriter(settings(tmp_path))
+    first.start()
+    try:
+        with pytest.raises(AuditChainBusy, match="w000"):
+            AuditWriter(settings(tmp_path)).start()
+        other_worker = AuditWriter(settings(tmp_path, worker_id=1))
+        other_worker.start()  # another worker's chain in the same directory is fine
+        other_worker.close_blocking()
+    finally:
+        first.close_blocking()
+    again = AuditWriter(settings(tmp_path))  # the lock went with the first writer
+    again.start()
+    again.close_blocking()
+    assert verify(tmp_path / "audit").ok
