@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 1
 NATIVE_SOURCES := $(wildcard native/cpp/*.cpp native/cpp/*.hpp native/cython/*.pyx native/cython/*.pxd)
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 
-.PHONY: all install build models serve test test-tools lint typecheck unit bench clean
+.PHONY: all install build models serve test test-tools lint typecheck unit bench bench-ci clean
 
 all: build
 
@@ -63,10 +63,12 @@ test: build models lint typecheck test-tools deploy-tools
 	$(MAKE) --no-print-directory fuzz-smoke
 
 # System tools the integration tests drive for real: Prometheus (tests/integration/
-# test_prometheus.py). Installed with apt-get when missing and run as root; the
-# tests that need them say so and skip where they cannot be had.
+# test_prometheus.py), headless Chromium (tests/integration/test_governance_report.py).
+# Installed with apt-get when missing and run as root; the tests that need them say
+# so and skip where they cannot be had.
 test-tools:
 	@missing=""; command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "--- apt-get install$$missing (for the integration tests)"; \
@@ -76,6 +78,12 @@ test-tools:
 
 bench: build models
 	$(BIN)/python -m benchmarks.load.compare --models $(MODELS)
+
+# CI's benchmark stage (.ci/run): floor, steady, batch, spike and card testing in one
+# run, ~2 min; results in benchmarks/results/ci/. Fails only on errors other than
+# explicit fallbacks, a server crash or a lost audit record, never on a timing.
+bench-ci: build models
+	$(BIN)/python -m benchmarks.load.ci --models $(MODELS)
 
 clean:
 	rm -rf build $(VENV)/.built gateway/_native/*.so riskwire inference native/cython/*.c native/cython/*.cpp

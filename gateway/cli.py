@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.audit.cli import add_audit_commands
 from gateway.drift_cli import add_drift_commands
+from gateway.governance_cli import add_governance_commands, add_model_governance_commands
 from gateway.routes_cli import add_routes_commands
 
 DEFAULT_MODELS = Path("var/models")
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_routes_commands(commands)
     add_audit_commands(commands)
     add_drift_commands(commands)
+    add_governance_commands(commands)
 
     data = commands.add_parser("data", help="synthetic transactions").add_subparsers(
         dest="data_command", required=True
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--rows", type=int, default=200_000)
     prepare.add_argument("--seed", type=int, default=7)
     prepare.set_defaults(func=_prepare)
+    add_model_governance_commands(models)
     return parser
 
 

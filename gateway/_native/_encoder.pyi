@@ -97,6 +97,8 @@ class ParsedBatch:
     def routing_keys(self) -> list[dict[str, str]]:
         """Per transaction: channel (its name, "" when 0 or unknown), account_id, card_id,
         merchant_id, device_id, transaction_id, country, merchant_category_code."""
+    def monitoring_attributes(self) -> list[dict[str, str]]:
+        """Each transaction's monitoring_attributes map, in order."""
     def transaction(self, index: int) -> dict[str, object]:
         """Every Transaction field by its proto name (converters.fields_of); maps as
         dicts, customer_tenure_days None when unset. IndexError unless

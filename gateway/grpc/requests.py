@@ -11,9 +11,8 @@ batches and equal errors where the input is valid protobuf (tests/native/).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -138,10 +137,7 @@ class NativeRequestParser:
             routing_keys=parsed.routing_keys(),
             transactions=parsed,
             amounts_usd=lambda: amounts.read(parsed)[0][0].tolist(),
-            monitoring_attributes=lambda: [
-                cast(Mapping[str, str], parsed.transaction(i)["monitoring_attributes"])
-                for i in range(len(parsed))
-            ],
+            monitoring_attributes=parsed.monitoring_attributes,
         )
 
 

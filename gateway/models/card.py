@@ -7,8 +7,9 @@ histograms for drift (bin edges frozen at training time), reason codes and appro
 
 Cards hold no wall-clock time: training the same data with the same seed at the same
 commit gives a byte-identical card.yaml. The demo trainer approves its models itself
-with a fixed approver and date (``DEMO_APPROVAL``); a real model is approved by editing
-the card's ``approval`` section as the governance step, never by the trainer.
+with a fixed approver and date (``DEMO_APPROVAL``); a real model is approved by
+``riskwire models approve`` once its validation gates pass (gateway/models/governance.py),
+never by the trainer.
 
 The models are pydantic v2, frozen, and reject unknown keys, so a typo in a card fails
 at load with the path of the key (``metrics.auc``) in the message.
@@ -210,6 +211,31 @@ class Approval(_Frozen):
         return self
 
 
+class GoldenVectors(_Frozen):
+    """Encoded held-out rows and the scores ONNX Runtime gave them at training.
+
+    ``riskwire models validate`` scores the rows again and compares: a model file
+    swapped, re-exported or run by a runtime that computes differently shows up as a
+    difference beyond ``tolerance`` before the version takes traffic.
+    """
+
+    rows: tuple[tuple[float, ...], ...] = Field(min_length=1)
+    scores: tuple[Probability, ...]
+    tolerance: float = Field(gt=0.0, le=0.01, allow_inf_nan=False)
+    """Largest absolute score difference accepted."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> GoldenVectors:
+        if len(self.scores) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows but {len(self.scores)} scores")
+        widths = sorted({len(row) for row in self.rows})
+        if len(widths) != 1:
+            raise ValueError(f"rows must all have one width, got widths {widths}")
+        if any(not math.isfinite(v) for row in self.rows for v in row):
+            raise ValueError("rows must hold finite values")
+        return self
+
+
 DEMO_APPROVAL = Approval(status="approved", approver="riskwire-demo-trainer", date="2026-11-01")
 """Fixed for the demo models so that reruns give identical cards; not a real sign-off."""
 
@@ -232,6 +258,8 @@ class ModelCard(_Frozen):
     fairness: dict[str, dict[str, GroupMetrics]]
     reference: Reference
     reason_codes: dict[str, ReasonCode]
+    golden: GoldenVectors | None = None
+    """Absent from cards written before golden vectors were recorded."""
     approval: Approval
 
     @field_validator("name")
@@ -268,6 +296,11 @@ class ModelCard(_Frozen):
         codes = [r.code for r in self.reason_codes.values()]
         if len(set(codes)) != len(codes):
             raise ValueError(f"reason_codes reuse a code: {sorted(codes)}")
+        if self.golden is not None and len(self.golden.rows[0]) != self.inputs.width:
+            raise ValueError(
+                f"golden.rows are {len(self.golden.rows[0])} wide, inputs.width is "
+                f"{self.inputs.width}"
+            )
         return self
 
     @property
@@ -283,6 +316,9 @@ class ModelCard(_Frozen):
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready values in field order."""
         data: dict[str, Any] = self.model_dump(mode="json")
+        if data.get("golden") is None:
+            # A card without golden vectors dumps as it was written: no ``golden: null``.
+            data.pop("golden", None)
         return data
 
     def to_yaml(self) -> str:

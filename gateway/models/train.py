@@ -5,7 +5,9 @@ encoder), the very code serving runs, so there is no training/serving skew. The 
 is split by time: the first days train, the next ones choose thresholds, the last ones
 are held out for the card's metrics. Every step is seeded and single-threaded, and the
 ONNX files are normalized, so the same data, seed and commit give byte-identical
-``model.onnx`` and ``card.yaml`` files.
+``model.onnx`` and ``card.yaml`` files. The card also keeps golden vectors, a few
+held-out rows with their scores, which ``riskwire models validate`` reruns before a
+version may be approved (gateway/models/governance.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gateway.models.card import (
     DEMO_APPROVAL,
     MODEL_FILE,
     CalibrationBin,
+    GoldenVectors,
     GroupMetrics,
     Histogram,
     Lineage,
@@ -72,6 +75,8 @@ DECLINE_TOP = 0.0075
 # A model must beat the best single feature by at least this much held-out AUC.
 MIN_AUC_LIFT = 0.05
 ONNX_TOLERANCE = 1e-5
+# Held-out rows recorded in the card with their scores (governance: golden vectors).
+GOLDEN_ROWS = 16
 DAY_MS = 86_400_000
 
 CHANNEL_VOCABULARY = ("ECOMMERCE", "CARD_PRESENT", "CARD_NOT_PRESENT", "ATM", "TRANSFER", "WALLET")
@@ -412,6 +417,30 @@ def histogram(values: npt.NDArray[Any]) -> Histogram:
     return Histogram(edges=tuple(float(e) for e in edges_arr), proportions=tuple(proportions))
 
 
+def golden_vectors(x: npt.NDArray[np.float32], scores: FloatArray) -> GoldenVectors:
+    """Up to GOLDEN_ROWS rows of ``x`` (held-out, encoded) with their ONNX scores.
+
+    Half are picked at evenly spaced score ranks (typical traffic, mostly low scores),
+    half at or just above evenly spaced score values (the rare high scores, where a
+    runtime difference would change a decision); duplicates count once. Deterministic:
+    the same scores give the same rows.
+    """
+    n = len(scores)
+    half = GOLDEN_ROWS // 2
+    order = np.argsort(scores, kind="stable")
+    by_rank = order[np.linspace(0, n - 1, half).round().astype(np.int64)]
+    targets = np.linspace(float(scores.min()), float(scores.max()), half)
+    sorted_scores = scores[order]
+    nearest = np.clip(np.searchsorted(sorted_scores, targets), 0, n - 1)
+    by_value = order[nearest]
+    picked = np.unique(np.concatenate([by_rank, by_value]))
+    return GoldenVectors(
+        rows=tuple(tuple(float(v) for v in x[i]) for i in picked),
+        scores=tuple(float(scores[i]) for i in picked),
+        tolerance=ONNX_TOLERANCE,
+    )
+
+
 def reason_codes(spec: FeatureSpec) -> dict[str, ReasonCode]:
     """R01, R02, ... in spec order, with a description per feature."""
     return {
@@ -701,6 +730,7 @@ def _build_card(
             score=histogram(train_scores),
         ),
         reason_codes=reason_codes(spec),
+        golden=golden_vectors(x[held], held_scores),
         approval=DEMO_APPROVAL,
     )
 

@@ -263,6 +263,23 @@ py::dict transaction_dict(const ParsedBatch& parsed, py::ssize_t index) {
   return fields;
 }
 
+// Each transaction's monitoring_attributes, for the outcome store (never a model's
+// input): the one map the data plane reads on every call, without the whole dict.
+py::list monitoring_attributes(const ParsedBatch& parsed) {
+  const wire::Batch& batch = parsed.batch;
+  py::list out(batch.transactions.size());
+  for (std::size_t i = 0; i < batch.transactions.size(); ++i) {
+    const wire::Range range = batch.transactions[i].monitoring_attributes;
+    py::dict values;
+    for (std::uint32_t j = 0; j < range.count; ++j) {
+      const wire::StringEntry& e = batch.monitoring_entries[range.begin + j];
+      values[decode(batch.view(e.key))] = decode(batch.view(e.value));
+    }
+    out[i] = values;
+  }
+  return out;
+}
+
 py::list transaction_ids(const ParsedBatch& parsed) {
   const wire::Batch& batch = parsed.batch;
   py::list ids(batch.transactions.size());
@@ -633,6 +650,8 @@ PYBIND11_MODULE(_encoder, m) {
           [](const ParsedBatch& self) { return decode(self.batch.view(self.batch.route)); })
       .def("transaction_ids", &transaction_ids)
       .def("routing_keys", &routing_keys)
+      .def("monitoring_attributes", &monitoring_attributes,
+           "Each transaction's monitoring_attributes map, in order.")
       .def("transaction", &transaction_dict, py::arg("index"),
            "Every Transaction field by its proto name; IndexError out of range.")
       .def("first_invalid", &first_invalid, py::arg("currencies"), py::arg("channels"),

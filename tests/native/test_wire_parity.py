@@ -64,6 +64,7 @@ def assert_batch_equal(parsed: Any, txns: list[Transaction], explain: bool, rout
     assert parsed.route == route
     assert parsed.transaction_ids() == [t.transaction_id for t in txns]
     assert parsed.routing_keys() == [ws.expected_routing_keys(t) for t in txns]
+    assert parsed.monitoring_attributes() == [dict(t.monitoring_attributes) for t in txns]
     for i, txn in enumerate(txns):
         ws.assert_fields_equal(parsed.transaction(i), ws.expected_fields(txn))
     for index in (len(txns), -1, 2**40):
