@@ -154,7 +154,10 @@ class Server:
                 self.drift.fold_forever(), name="drift-fold"
             )
 
-        self._data_server = grpc.aio.server(options=self._grpc_options())
+        self._data_server = grpc.aio.server(
+            options=self._grpc_options(),
+            maximum_concurrent_rpcs=s.grpc.max_concurrent_calls or None,
+        )
         requests = make_request_parser(s.wire, s.grpc.max_batch_transactions)
         self.wire_implementation = requests.implementation
         scoring = ScoringService(

@@ -37,6 +37,13 @@ class GrpcSettings(_Section):
     """Most transactions one ScoreBatch call may carry."""
     max_concurrent_streams: int = Field(1024, ge=1)
     """HTTP/2 streams per connection."""
+    max_concurrent_calls: int = Field(0, ge=0)
+    """Calls in progress at once on the data plane (each stream counts once); more are
+    answered RESOURCE_EXHAUSTED by the gRPC server before any riskwire code runs: the
+    cheapest shed there is under a spike, where calls would otherwise queue inside
+    gRPC, out of the batcher's admission control, past every deadline. Size it from
+    capacity x deadline (e.g. 1,000 calls/s x 10 ms = 10 in service, with headroom
+    for bursts: 64). 0: no limit."""
     keepalive_time_ms: int = Field(30_000, ge=1000)
     """Interval of server keepalive pings on idle connections."""
     reflection: bool = True
