@@ -114,7 +114,7 @@ def test_a_server_killed_under_load_recovers_its_chain(
     while len(answered) < 150 and loader.is_alive():
         loader.join(0.01)
     server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait(10)
+    assert server.terminate(already_signalled=True) == -signal.SIGKILL  # and its pipe closed
     loader.join(60)
 
     again = start_server(config)
