@@ -56,7 +56,7 @@ from gateway.errors import Overloaded
 from gateway.features.dispatch import EncoderMode
 from gateway.models.repository import LoadedModel, ModelRepository
 from gateway.settings import ShadowSettings
-from gateway.telemetry.histogram import FixedBucketHistogram, make_histogram
+from gateway.telemetry.histogram import FixedBucketHistogram, make_histogram, prometheus_buckets
 from router.routes import Assignment, Decision, RouteSpec, ShadowSpec
 
 if TYPE_CHECKING:
@@ -476,7 +476,7 @@ class ShadowRunner:
             labels=["route", "model", "version"],
         )
         for (route, model, version), stats in sorted(self._stats.items()):
-            diff.add_metric([route, model, str(version)], *_buckets(stats.abs_diff))
+            diff.add_metric([route, model, str(version)], *prometheus_buckets(stats.abs_diff))
         yield diff
 
 
@@ -500,13 +500,3 @@ def _encode(model: LoadedModel, group: list[_Item]) -> npt.NDArray[np.float32]:
         parts.append(model.encoder.encode_transactions(batch.transactions, rows=selected))
         start = end
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _buckets(histogram: FixedBucketHistogram) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative (le, count) pairs ending with +Inf, and the sum."""
-    running = 0
-    buckets = []
-    for edge, count in zip([*histogram.edges, math.inf], histogram.counts(), strict=True):
-        running += int(count)
-        buckets.append(("+Inf" if edge == math.inf else repr(float(edge)), float(running)))
-    return buckets, histogram.sum

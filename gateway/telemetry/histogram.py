@@ -200,3 +200,14 @@ def make_histogram(edges: Iterable[float], mode: EncoderMode = "auto") -> FixedB
 
         return _glue.Histogram(edges)
     return Histogram(edges)
+
+
+def prometheus_buckets(histogram: FixedBucketHistogram) -> tuple[list[tuple[str, float]], float]:
+    """A histogram as prometheus_client's HistogramMetricFamily takes it: cumulative
+    (le, count) pairs ending with +Inf, and the sum."""
+    running = 0
+    buckets = []
+    for edge, count in zip([*histogram.edges, math.inf], histogram.counts(), strict=True):
+        running += int(count)
+        buckets.append(("+Inf" if edge == math.inf else repr(float(edge)), float(running)))
+    return buckets, histogram.sum

@@ -32,6 +32,7 @@ from gateway.telemetry.histogram import (
     FixedBucketHistogram,
     latency_edges_seconds,
     make_histogram,
+    prometheus_buckets,
     score_edges,
 )
 
@@ -172,7 +173,7 @@ class ScoringTelemetry:
             labels=["method"],
         )
         for method, histogram in self._latency.items():
-            latency.add_metric([method], *_buckets(histogram))
+            latency.add_metric([method], *prometheus_buckets(histogram))
         stages = HistogramMetricFamily(
             "riskwire_stage_duration_seconds",
             "Time per stage of a scoring call (parse, encode, queue, infer, respond, total)",
@@ -180,25 +181,16 @@ class ScoringTelemetry:
         )
         for (route, model, version, arm), histograms in sorted(self._stages.items()):
             for stage, histogram in zip(STAGES, histograms, strict=True):
-                stages.add_metric([route, model, str(version), arm, stage], *_buckets(histogram))
+                stages.add_metric(
+                    [route, model, str(version), arm, stage], *prometheus_buckets(histogram)
+                )
         scores = HistogramMetricFamily(
             "riskwire_model_score",
             "Model scores answered (decision_source MODEL)",
             labels=["model", "version"],
         )
         for (name, version), histogram in sorted(self._scores.items()):
-            scores.add_metric([name, str(version)], *_buckets(histogram))
+            scores.add_metric([name, str(version)], *prometheus_buckets(histogram))
         yield latency
         yield stages
         yield scores
-
-
-def _buckets(histogram: FixedBucketHistogram) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative (le, count) pairs ending with +Inf, and the sum."""
-    running = 0
-    buckets = []
-    counts = histogram.counts()
-    for edge, count in zip([*histogram.edges, float("inf")], counts, strict=True):
-        running += int(count)
-        buckets.append(("+Inf" if edge == float("inf") else repr(float(edge)), float(running)))
-    return buckets, histogram.sum
