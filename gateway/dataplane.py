@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from opentelemetry.metrics import Meter, Observation
 
+from gateway.audit.writer import AuditUnavailable
 from gateway.decisions import DecisionSource as DecisionSource  # re-exported
 from gateway.errors import (
     BackendFailure,
@@ -31,6 +32,7 @@ from gateway.errors import (
 from gateway.explain import Explainers, Reason
 from gateway.features.transactions import TransactionSource
 from gateway.models.repository import LoadedModel, ModelRepository
+from gateway.telemetry.outcomes import PredictionRecord
 from router.routes import (
     ArmRole,
     Assignment,
@@ -390,8 +392,6 @@ class DataPlane:
         fails (RESOURCE_EXHAUSTED) or every transaction gets its route's fallback
         (reason AUDIT_BACKLOG), counted in riskwire_audit_queue_full_total.
         """
-        from gateway.audit.writer import AuditUnavailable
-
         assert self.audit is not None
         latency_us = int((time.perf_counter() - started) * 1e6)
         item = self.audit.decisions_item(batch, answered, latency_us)
@@ -410,8 +410,6 @@ class DataPlane:
 
     def _log_predictions(self, batch: TransactionBatch, answered: list[ScoreResult]) -> None:
         """Queue the answers for the outcome store (labels join them later); O(n), no I/O."""
-        from gateway.telemetry.outcomes import PredictionRecord
-
         assert self.outcomes is not None
         now = time.time()
         amounts = batch.amounts_usd()
