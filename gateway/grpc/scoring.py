@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.grpc.converters import caller_deadline, encode_result
 from gateway.grpc.errors import STATUS_OF_KIND, stream_errors, unary_errors
 from gateway.grpc.outcomes import outcome_method_handler
-from gateway.grpc.requests import RequestParser
+from gateway.grpc.requests import RequestParser, ScoringRequest
 from gateway.grpc.responses import ResponseWriter
 from gateway.telemetry.serving import ScoringTelemetry
 from gateway.telemetry.tracing import CallTracer
@@ -72,35 +72,23 @@ class ScoringService:
 
     @unary_errors
     async def ScoreBatch(self, request: bytes, context: Context) -> bytes:
-        received_ns = time.perf_counter_ns()
-        if not self._timed:
-            parsed = self._requests.score_batch_request(request)
-            results = await self._dataplane.score(
-                parsed.batch, parsed.options, caller_deadline(context)
-            )
-            return self._batch_answer(results, received_ns)
-        groups: list[GroupStages] = []
-        stamps = [received_ns, 0, 0]
-        self._telemetry.in_flight += 1
-        try:
-            parsed = self._requests.score_batch_request(request)
-            stamps[1] = time.perf_counter_ns()
-            results = await self._dataplane.score(
-                parsed.batch, parsed.options, caller_deadline(context), groups
-            )
-            stamps[2] = time.perf_counter_ns()
-            answer = self._batch_answer(results, received_ns)
-        except GatewayError as error:
-            self._failed("ScoreBatch", context, stamps, groups, error)
-            raise
-        finally:
-            self._telemetry.in_flight -= 1
-        self._answered("ScoreBatch", context, stamps, groups, results)
-        return answer
+        return await self._score(
+            "ScoreBatch",
+            request,
+            context,
+            caller_deadline(context),
+            time.perf_counter_ns(),
+            self._requests.score_batch_request,
+            self._batch_answer,
+        )
 
     def _batch_answer(self, results: list[ScoreResult], received_ns: int) -> bytes:
         write = self._responses
         return write.score_batch_response([encode_result(write, r, received_ns) for r in results])
+
+    def _one_answer(self, results: list[ScoreResult], received_ns: int) -> bytes:
+        (result,) = results
+        return encode_result(self._responses, result, received_ns)
 
     @stream_errors
     async def ScoreStream(
@@ -150,30 +138,53 @@ class ScoringService:
         received_ns: int,
         stream_index: int | None = None,
     ) -> bytes:
-        if not self._timed:
-            try:
-                parsed = self._requests.score_request(request)
-                (result,) = await self._dataplane.score(parsed.batch, parsed.options, deadline)
-            except GatewayError as error:
-                _name_message(error, stream_index)
-                raise
-            return encode_result(self._responses, result, received_ns)
-        groups: list[GroupStages] = []
+        return await self._score(
+            method,
+            request,
+            context,
+            deadline,
+            received_ns,
+            self._requests.score_request,
+            self._one_answer,
+            stream_index,
+        )
+
+    async def _score(
+        self,
+        method: str,
+        request: bytes,
+        context: Context,
+        deadline: float | None,
+        received_ns: int,
+        parse: Callable[[bytes], ScoringRequest],
+        answer_of: Callable[[list[ScoreResult], int], bytes],
+        stream_index: int | None = None,
+    ) -> bytes:
+        """Parse, score and answer one call (a stream message is one), timing its
+        stages for the histograms and traces when either is on."""
+        timed = self._timed
+        groups: list[GroupStages] | None = [] if timed else None
         stamps = [received_ns, 0, 0]
-        self._telemetry.in_flight += 1
+        if timed:
+            self._telemetry.in_flight += 1
         try:
-            parsed = self._requests.score_request(request)
-            stamps[1] = time.perf_counter_ns()
-            (result,) = await self._dataplane.score(parsed.batch, parsed.options, deadline, groups)
-            stamps[2] = time.perf_counter_ns()
-            answer = encode_result(self._responses, result, received_ns)
+            parsed = parse(request)
+            if timed:
+                stamps[1] = time.perf_counter_ns()
+            results = await self._dataplane.score(parsed.batch, parsed.options, deadline, groups)
+            if timed:
+                stamps[2] = time.perf_counter_ns()
+            answer = answer_of(results, received_ns)
         except GatewayError as error:
             _name_message(error, stream_index)
-            self._failed(method, context, stamps, groups, error)
+            if groups is not None:
+                self._failed(method, context, stamps, groups, error)
             raise
         finally:
-            self._telemetry.in_flight -= 1
-        self._answered(method, context, stamps, groups, (result,))
+            if timed:
+                self._telemetry.in_flight -= 1
+        if groups is not None:
+            self._answered(method, context, stamps, groups, results)
         return answer
 
     def _answered(
