@@ -34,6 +34,7 @@ from gateway.routes_cli import (
     CommandError,
     exit_code_for,
     format_table,
+    positive_int,
     read_token,
 )
 
@@ -199,16 +200,6 @@ def run_report(
     return EXIT_ACT if act else EXIT_OK
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def add_drift_commands(commands: Any) -> None:
     """Add ``drift`` and its ``report`` subcommand to the top-level subparsers."""
     drift = commands.add_parser(
@@ -230,9 +221,9 @@ def add_drift_commands(commands: Any) -> None:
     report.add_argument("--token-file", type=Path, help="file holding the bearer token")
     report.add_argument("--timeout-s", type=float, default=10.0, help="per call (default 10)")
     report.add_argument("--model", help="one model (default: every monitored model)")
-    report.add_argument("--version", type=_positive, help="one version of --model")
+    report.add_argument("--version", type=positive_int, help="one version of --model")
     report.add_argument(
-        "--top", type=_positive, default=4, help="distributions per version to plot (default 4)"
+        "--top", type=positive_int, default=4, help="distributions per version to plot (default 4)"
     )
     report.add_argument("--plot", type=Path, help="write reference vs live bars to this PNG")
     report.add_argument("--json", action="store_true", help="print GetDrift's answer as JSON")

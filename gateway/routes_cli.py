@@ -332,7 +332,8 @@ def run_routes(
         return error.exit_code
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -362,7 +363,7 @@ def add_routes_commands(commands: Any) -> None:
     change = argparse.ArgumentParser(add_help=False)
     change.add_argument(
         "--expect-version",
-        type=_positive,
+        type=positive_int,
         help="refuse (exit 3) unless this config_version is the one in force",
     )
     change.add_argument("--reason", default="", help="why, for the history and the audit log")
@@ -392,7 +393,7 @@ def add_routes_commands(commands: Any) -> None:
     history = add("history", _history, "the accepted versions, newest first")
     history.add_argument("--limit", type=int, default=20, help="most entries (0: all)")
     add("rollback", _rollback, "put an earlier version's table back in force", change).add_argument(
-        "version", type=_positive
+        "version", type=positive_int
     )
     add("promote", _promote, "make ROUTE's canary arm its champion", change).add_argument("route")
     add("canary-status", _canary_status, "canary arms, weights and next steps").add_argument(
