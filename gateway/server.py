@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ from gateway.routes_watch import RoutesFileWatcher
 from gateway.settings import Settings
 from gateway.shadow import ShadowRunner
 from gateway.telemetry.drift import DriftMonitors
+from gateway.telemetry.gc_pause import GcMonitor
 from gateway.telemetry.metrics import BatcherMetrics, make_meter_provider, meter_of
 from gateway.telemetry.outcomes import OutcomeStore, card_figures_from
 from gateway.telemetry.serving import ScoringTelemetry
@@ -105,6 +107,8 @@ class Server:
         """Predictions kept for ReportOutcome's label join; made at start when enabled."""
         self.canary: CanaryController | None = None
         """Walks the canary arms' ramps; made once the routes are in force."""
+        self.gc_monitor = GcMonitor()
+        """Times the garbage collector's pauses (on /metrics)."""
 
     @property
     def ready(self) -> bool:
@@ -114,6 +118,7 @@ class Server:
     async def start(self) -> None:
         """Load the models and the routes, bind every port, then report SERVING."""
         s = self.settings
+        self.gc_monitor.start()
         if s.audit.enabled:
             # First: model loads and the first config_version are recorded.
             worker = s.audit.worker_id if s.audit.worker_id is not None else 0
@@ -227,6 +232,7 @@ class Server:
                 self.drift,
                 self.outcomes,
                 self.dataplane,
+                self.gc_monitor,
             )
             for source in sources:
                 if source is not None:
@@ -240,6 +246,11 @@ class Server:
             self._routes_watch.start()
         canary.start()
 
+        if s.gc_freeze:
+            # Models, sessions, routes and modules are built: out of the collector's
+            # reach from here on, so a full collection walks only what calls create.
+            gc.collect()
+            gc.freeze()
         self._ready = True
         for service in ("", *DATA_SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -285,6 +296,7 @@ class Server:
             self.meter_provider.shutdown()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the spans still batched
+        self.gc_monitor.close()
 
     async def wait_for_termination(self) -> None:
         if self._data_server is not None:

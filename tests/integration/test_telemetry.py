@@ -183,6 +183,19 @@ def test_stage_histograms_and_counters_count_every_call(server: ServerProcess) -
     assert _sum(after, "riskwire_inflight_requests") == 0
 
 
+def test_the_started_server_froze_its_startup_objects_and_times_collections(
+    server: ServerProcess,
+) -> None:
+    samples = _metrics(server)
+    # gc_freeze (on by default): models, sessions and modules are out of the
+    # collector's reach, so a full collection does not walk them mid-traffic.
+    assert _sum(samples, "riskwire_gc_frozen_objects") > 10_000
+    # The collection made just before the freeze was timed like any other.
+    assert _sum(samples, "riskwire_gc_collections_total", generation="2") >= 1
+    assert _sum(samples, "riskwire_gc_pause_seconds_total", generation="2") > 0
+    assert _sum(samples, "riskwire_gc_max_pause_seconds", generation="2") > 0
+
+
 def _wait_for_spans(receiver: Collector, trace_id: bytes, at_least: int) -> list[trace_pb2.Span]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
