@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.load.ci --models var/models        # ~75 s on 2 cores
+    python -m benchmarks.load.ci --models var/models        # ~90 s on 2 cores
 
 In one run, on 127.0.0.1 with port 0 throughout:
 
@@ -12,20 +12,23 @@ In one run, on 127.0.0.1 with port 0 throughout:
 2. riskwire with routes/spike.yaml (a 10 ms deadline, fallback REVIEW on timeout and
    overload): its capacity by a closed-loop probe, then the spike scenario (steady at
    half the capacity, 10x that, back) and the card-testing burst
-   (benchmarks.load.spike).
+   (benchmarks.load.spike); then the control: the spike's schedule, at riskwire's
+   capacity, against the floor, which does no work per call (a measurement, never
+   judged), and the spike's goals for both side by side.
 3. Both riskwire servers write their audit log into a scratch directory (where this
    build has the ``audit`` settings); after they stop, ``riskwire audit verify DIR
    --json`` checks each chain and the decision records are counted against the
    transactions the server answered.
 
 Writes ``benchmarks/results/ci/<stamp>-<host>.json`` and ``.md``, the spike's latency
-timeline ``<stamp>-<host>-spike.png`` (and card testing's), and ``latest.*`` copies.
+timeline ``<stamp>-<host>-spike.png`` (card testing's and the control's beside it), and
+``latest.*`` copies.
 Prints riskwire's ratios against the floor and every headline figure against the last
 committed result (``git show HEAD:benchmarks/results/ci/latest.json``).
 
-Exit status: 1 only for errors other than explicit fallbacks (a RESOURCE_EXHAUSTED
-counts as an explicit shed only where the route's policy answers overload with an
-error), a server that exits during the run, a broken audit chain or fewer decision
+Exit status: 1 only for errors other than explicit fallbacks and sheds
+(RESOURCE_EXHAUSTED, refused streams; late calls are reported, not failing), a server
+that exits during the run, a broken audit chain or fewer decision
 records than answered transactions; 2 for bad arguments. Never for a timing: CI
 machines are noisy, so timings are printed and kept, not judged.
 """
@@ -276,7 +279,8 @@ def headline_figures(doc: Mapping[str, Any]) -> dict[str, float | None]:
             "transactions_per_s"
         )
     figures["spike capacity calls/s"] = doc.get("capacity_per_s")
-    for scenario in doc.get("scenarios", []):
+    control = doc.get("floor_spike")
+    for scenario in [*doc.get("scenarios", []), *([control] if control else [])]:
         for phase in scenario["phases"]:
             where = f"{scenario['name']} {phase['phase']}"
             figures[f"{where} p99 ms"] = phase.get("p99_ms")
@@ -444,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         "riskwire-spike": spike.riskwire_argv(args.models, spike.SPIKE_ROUTES, args.workers),
     }
     runs: spike.ScenarioRuns | None = None
+    floor_spike: tuple[spike.ScenarioReport, spike.RunResult] | None = None
     with tempfile.TemporaryDirectory(prefix="riskwire-ci-") as tmp:
         scratch = Path(tmp)
         envs = {n: spike.riskwire_env(scratch, n) for n in commands if n != "floor"}
@@ -479,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                 except spike.SpikeError as exc:
                     stage.load_failures.append(f"riskwire-spike: {exc}")
                 _crash_check({"riskwire-spike": server}, stage)
+            if runs is not None:
+                floor_spike = _floor_control(runs.capacity, deadline_ms, scratch, args, stage)
         except ServerError as exc:
             print(f"ci: {exc}", file=sys.stderr)
             return 1
@@ -510,18 +517,19 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t_start
     capacity = None if runs is None else runs.capacity
     doc = _document(started, elapsed, args, commands, stage, capacity, reports, audits, failed)
+    doc["floor_spike"] = None if floor_spike is None else asdict(floor_spike[0])
     if stage.crashed:
         doc["server_logs"] = {name: logs.get(name, []) for name in stage.crashed}
     previous = previous_result()
     comparison = compare_with(doc, previous)
     stem = f"{started.strftime('%Y-%m-%dT%H%M%SZ')}-{machine.short_host()}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    for rep, result in reports:
+    for rep, result in [*reports, *([floor_spike] if floor_spike else [])]:
         spike.plot_timeline(
             result.rows,
             result.phases,
             args.results_dir / f"{stem}-{rep.name}.png",
-            title=f"{rep.name}, riskwire {machine.describe()['git_commit']}, {doc['started_utc']}",
+            title=f"{rep.name}, {machine.describe()['git_commit']}, {doc['started_utc']}",
             deadline_ms=deadline_ms,
         )
         shutil.copy2(
@@ -548,6 +556,80 @@ def main(argv: list[str] | None = None) -> int:
         "streams), no crash, no lost audit record"
     )
     return 0
+
+
+def _floor_control(
+    capacity: float,
+    deadline_ms: float,
+    scratch: Path,
+    args: argparse.Namespace,
+    stage: _Stage,
+) -> tuple[spike.ScenarioReport, spike.RunResult] | None:
+    """The spike's schedule (riskwire's capacity) against the floor, which does no work
+    per call: what the machine and the gRPC framework alone make of that rate. A
+    measurement, never judged; a client failure or a floor crash still fails the stage."""
+    with _Server("floor-spike", FLOOR_CMD, scratch / "floor-spike.log", None) as server:
+        server.start(args.server_timeout)
+        print(f"floor-spike: pid {server.pid}, port {server.port}", flush=True)
+        try:
+            control = spike.run_scenarios(
+                f"127.0.0.1:{server.port}",
+                scenarios=["spike"],
+                capacity=capacity,
+                deadline_ms=deadline_ms,
+                args=args,
+            )
+        except spike.SpikeError as exc:
+            stage.load_failures.append(f"floor-spike: {exc}")
+            return None
+        finally:
+            _crash_check({"floor-spike": server}, stage)
+    rep, result = control.done[0]
+    rep.name = FLOOR_SPIKE
+    return rep, result
+
+
+FLOOR_SPIKE = "spike-floor"
+"""Name of the control run: the spike's schedule against the floor server."""
+
+
+def spike_verdict(
+    product: Mapping[str, Any] | None, control: Mapping[str, Any] | None
+) -> list[str]:
+    """The spike's goals for riskwire beside the same schedule's against the floor."""
+    if product is None or control is None:
+        return []
+
+    def figures(rep: Mapping[str, Any]) -> str:
+        goals, peak = rep["goals"], rep["phases"][1]
+        worst = max((s["p99_ms"] for s in rep["seconds"] if s["p99_ms"] is not None), default=None)
+        recovery = rep["recovery_s"]
+        return (
+            f"{sum(p['errors'] for p in rep['phases']):,} errors, "
+            f"{peak['offered_per_s']:,.0f}/s offered in the {peak['phase']}, worst 1-s p99 "
+            f"{'-' if worst is None else f'{worst:,.1f}'} ms, "
+            f"{goals['seconds_over_deadline']} s over the deadline, back "
+            + ("never" if recovery is None else f"in {recovery:g} s")
+        )
+
+    met = {
+        name: rep["goals"]["no_errors"]
+        and rep["goals"]["p99_within_deadline"]
+        and rep["goals"]["recovered_within_2s"]
+        for name, rep in (("riskwire", product), ("floor", control))
+    }
+    lines = [
+        f"- riskwire: {figures(product)}: goal {'met' if met['riskwire'] else '**missed**'}",
+        f"- the floor, same schedule, no work per call: {figures(control)}: goal "
+        + ("met" if met["floor"] else "**missed**"),
+    ]
+    if not met["floor"]:
+        lines.append(
+            "- The bare gRPC server misses the goal at this rate too: here the limit is the "
+            "machine and the gRPC framework's intake (calls queue in gRPC's core, first in, "
+            "first out, before any handler runs), not riskwire's work per call."
+        )
+    return lines
 
 
 def _document(
@@ -624,6 +706,23 @@ def _markdown(doc: Mapping[str, Any], comparison: Sequence[str], stem: str) -> s
     for rep in doc["scenarios"]:
         r = spike.ScenarioReport(**rep)
         lines += [spike.render_scenario(r), f"![{r.name}]({stem}-{r.name}.png)", ""]
+    control = doc.get("floor_spike")
+    if control is not None:
+        product = next((r for r in doc["scenarios"] if r["name"] == "spike"), None)
+        r = spike.ScenarioReport(**control)
+        lines += [
+            "## The spike's schedule against the floor (the control)",
+            "",
+            "The same open-loop schedule, at riskwire's capacity, against the floor server "
+            "(it parses each request and answers a fixed reply): what this machine and the "
+            "gRPC framework make of the rate with no work per call. Measured, never judged.",
+            "",
+            *spike_verdict(product, control),
+            "",
+            spike.render_scenario(r).replace("### spike-floor:", "### spike, floor:", 1),
+            f"![{r.name}]({stem}-{r.name}.png)",
+            "",
+        ]
     lines += ["## Audit log", ""]
     for a in doc["audit"]:
         if a["decisions"] is None:
@@ -636,6 +735,7 @@ def _markdown(doc: Mapping[str, Any], comparison: Sequence[str], stem: str) -> s
             )
     lines += ["", "## Against the last committed result", "", "```", *comparison, "```", ""]
     lines.append(f"- riskwire-spike: `{shlex.join(doc['commands']['riskwire-spike'])}`")
+    lines.append(f"- floor (and the control): `{shlex.join(doc['commands']['floor'])}`")
     lines.append("")
     return "\n".join(lines)
 

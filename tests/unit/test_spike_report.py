@@ -9,6 +9,7 @@ limit on calls in progress) is an explicit shed, and no timing ever fails.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,35 @@ def test_no_timing_ever_fails() -> None:
     assert rep.goals["p99_within_deadline"] is False
     assert rep.goals["peak_really_offered"] is False
     assert ci.failures([("spike", ci.scenario_errors(rep), FALLBACK_ON)], [], []) == []
+
+
+def test_the_floor_control_says_whether_the_rate_beats_the_bare_server() -> None:
+    missed = spike.report(
+        "spike", spike.RunResult(PHASES, steady_spike_after([2.0] * 10)), 20.0, 10.0, peak="spike"
+    )
+    clean = rows(
+        *(row(100 * i, latency_ms=2) for i in range(10)),
+        *(row(1000 + 10 * i, latency_ms=3) for i in range(100)),
+        *(row(2000 + 100 * i, latency_ms=2) for i in range(10)),
+    )
+    met = spike.report("spike", spike.RunResult(PHASES, clean), 20.0, 10.0, peak="spike")
+    assert met.goals["no_errors"] and met.goals["p99_within_deadline"]
+    # riskwire misses, the floor meets it: the gap is riskwire's, no excuse printed.
+    lines = ci.spike_verdict(asdict(missed), asdict(met))
+    assert lines[0].startswith("- riskwire: 10 errors, 100/s offered in the spike")
+    assert lines[0].endswith("goal **missed**")
+    assert lines[1].endswith("goal met")
+    assert len(lines) == 2
+    # Both miss: the bare server cannot take the rate either, and the report says so.
+    lines = ci.spike_verdict(asdict(missed), asdict(missed))
+    assert lines[1].endswith("goal **missed**")
+    assert "The bare gRPC server misses the goal at this rate too" in lines[2]
+    assert ci.spike_verdict(None, asdict(met)) == []
+    # The control's figures are compared run to run like the scenarios'.
+    met.name = ci.FLOOR_SPIKE
+    figures = ci.headline_figures({"scenarios": [asdict(missed)], "floor_spike": asdict(met)})
+    assert figures["spike-floor spike errors share"] == 0.0
+    assert figures["spike spike errors share"] == 0.1
 
 
 def test_a_crash_or_a_failed_run_fails() -> None:
