@@ -309,6 +309,10 @@ class Server:
             ("grpc.max_send_message_length", g.max_message_bytes),
             ("grpc.max_concurrent_streams", g.max_concurrent_streams),
             ("grpc.keepalive_time_ms", g.keepalive_time_ms),
+            # gRPC core's bound on received calls the loop has not taken (random early
+            # refusal from the first to the second); settings.GrpcSettings says why.
+            ("grpc.server.max_pending_requests", g.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", g.max_pending_calls_hard),
             # Workers share the port; a lone server must fail loudly on a taken port.
             ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
         ]

@@ -39,15 +39,36 @@ class GrpcSettings(_Section):
     """HTTP/2 streams per connection."""
     max_concurrent_calls: int = Field(0, ge=0)
     """Calls in progress at once on the data plane (each stream counts once); more are
-    answered RESOURCE_EXHAUSTED by the gRPC server before any riskwire code runs: the
-    cheapest shed there is under a spike, where calls would otherwise queue inside
-    gRPC, out of the batcher's admission control, past every deadline. Size it from
-    capacity x deadline (e.g. 1,000 calls/s x 10 ms = 10 in service, with headroom
-    for bursts: 64). 0: no limit."""
+    answered RESOURCE_EXHAUSTED by the gRPC server before any riskwire code runs. It
+    counts the calls the event loop has taken; when the loop itself is the bottleneck
+    calls wait before it, which ``max_pending_calls`` bounds. Size it from capacity x
+    deadline (e.g. 1,000 calls/s x 10 ms = 10 in service, with headroom for bursts:
+    64). 0: no limit."""
+    max_pending_calls: int = Field(64, ge=0)
+    """Calls gRPC's core has received that the event loop has not yet taken. Under a
+    spike past what the loop can take, this is where calls wait, first in first out,
+    before any riskwire code sees them: unbounded, every call ends up late. Past this
+    many, the core refuses a growing share of new calls at once, and every one at
+    ``max_pending_calls_hard``: the caller gets CANCELLED (gRPC's own status for it,
+    not riskwire's) within milliseconds and can take its fallback, while the calls
+    taken are answered in time. Keep it above the bursts normal traffic brings at
+    once (the loop takes one call per turn), and near intake rate x deadline: 16 for
+    a 10 ms route on 2 cores (benchmarks/load/spike.py). gRPC's default is 1000."""
+    max_pending_calls_hard: int = Field(256, ge=1)
+    """Pending calls past which gRPC's core refuses every new one (its default: 3000)."""
     keepalive_time_ms: int = Field(30_000, ge=1000)
     """Interval of server keepalive pings on idle connections."""
     reflection: bool = True
     """Serve gRPC server reflection (grpcurl, grpcui)."""
+
+    @model_validator(mode="after")
+    def _pending_bounds_ordered(self) -> GrpcSettings:
+        if self.max_pending_calls_hard < self.max_pending_calls:
+            raise ValueError(
+                f"grpc.max_pending_calls_hard ({self.max_pending_calls_hard}) must be at "
+                f"least grpc.max_pending_calls ({self.max_pending_calls})"
+            )
+        return self
 
 
 class AdminSettings(_Section):

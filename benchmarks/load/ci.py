@@ -82,19 +82,22 @@ def is_explicit_shed(code: str, fallback_on: Collection[str]) -> bool:
     policy sheds with the error), and from the transport's limit on calls in progress
     (``grpc.max_concurrent_calls``), which refuses before any route is chosen, so
     whatever the route's policy (``fallback_on`` is kept for the report). So is
-    UNAVAILABLE: the server refusing a stream past its ``max_concurrent_streams``
-    (HTTP/2 REFUSED_STREAM); a server that went away is caught as a crash instead.
+    CANCELLED: gRPC's core refusing a call past ``grpc.max_pending_calls`` (calls it
+    received that the event loop has not taken; the benchmark clients never cancel a
+    call, they let its deadline pass). So is UNAVAILABLE: the server refusing a
+    stream past its ``max_concurrent_streams`` (HTTP/2 REFUSED_STREAM); a server that
+    went away is caught as a crash instead.
     """
     del fallback_on  # every kind here is an explicit shed; see the docstring
-    return code in ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
+    return code in ("RESOURCE_EXHAUSTED", "CANCELLED", "UNAVAILABLE")
 
 
-LATE = ("DEADLINE_EXCEEDED", "CANCELLED")
-"""Calls whose caller's deadline passed (or that the client gave up at the end of its
-schedule) before an answer arrived: a timing, reported beside the table, never a
-failure. On 2 cores shared with the client, a spike past what the machine can even
-receive queues calls in the transport, before the server's admission control sees
-them (benchmarks/README.md, "Spikes")."""
+LATE = ("DEADLINE_EXCEEDED",)
+"""Calls whose caller's deadline passed before an answer arrived: a timing, reported
+beside the table, never a failure. On 2 cores shared with the client, a spike past
+what the machine can even receive keeps calls in gRPC's core, before the server's
+admission control sees them, up to ``grpc.max_pending_calls`` (benchmarks/README.md,
+"Spikes")."""
 
 
 def late_calls(where: str, error_codes: Mapping[str, int]) -> list[str]:

@@ -117,6 +117,18 @@ def is_error(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     return codes >= _MISMATCH
 
 
+REFUSED = tuple(OUTCOMES.index(name) for name in ("RESOURCE_EXHAUSTED", "CANCELLED", "UNAVAILABLE"))
+"""Errors that are the server refusing a call at once, by its configuration: the
+route's policy or grpc.max_concurrent_calls (RESOURCE_EXHAUSTED), gRPC core's bound on
+calls the loop has not taken (grpc.max_pending_calls: CANCELLED; this client never
+cancels a call itself, it lets the deadline pass) and HTTP/2 REFUSED_STREAM
+(UNAVAILABLE)."""
+
+
+def is_refused(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    return np.isin(codes, REFUSED)
+
+
 def is_answered(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     """Answered by the server: by the model or by the route's fallback."""
     return codes < NOT_SENT
@@ -601,7 +613,8 @@ def _pct_ms(latencies_ns: npt.NDArray[np.int64], q: float) -> float | None:
 
 def outcome_counts(rows: npt.NDArray[np.int64]) -> dict[str, Any]:
     """The fates of ``rows``' calls: offered (sent), answered by model or fallback,
-    errors, and the latency of the answered ones (end minus send)."""
+    errors (of them ``refused``: the server refusing at once, with how soon the
+    refusal came back), and the latency of the answered ones (end minus send)."""
     codes = rows[:, OUTCOME]
     answered = rows[is_answered(codes)]
     latency = answered[:, END] - answered[:, SENT]
@@ -609,6 +622,8 @@ def outcome_counts(rows: npt.NDArray[np.int64]) -> dict[str, Any]:
     sent = rows[codes != NOT_SENT]
     lag = sent[:, SENT] - sent[:, INTENDED]
     errors = Counter(OUTCOMES[c] for c in codes[is_error(codes)].tolist())
+    refused = rows[is_refused(codes)]
+    refused_ns = refused[:, END] - refused[:, SENT]
     fallbacks = Counter(OUTCOMES[c].split("/", 1)[1] for c in codes[is_fallback(codes)].tolist())
     return {
         "intended": int(rows.shape[0]),
@@ -616,6 +631,8 @@ def outcome_counts(rows: npt.NDArray[np.int64]) -> dict[str, Any]:
         "model": int(np.count_nonzero(codes == MODEL)),
         "fallback": int(sum(fallbacks.values())),
         "errors": int(sum(errors.values())),
+        "refused": int(refused.shape[0]),
+        "refused_p99_ms": _pct_ms(refused_ns, 99),
         "fallback_reasons": dict(sorted(fallbacks.items())),
         "error_codes": dict(sorted(errors.items())),
         "p50_ms": _pct_ms(latency, 50),
@@ -767,8 +784,10 @@ def report(
     errors = sum(p["errors"] for p in phases)
     p99s = [s["p99_ms"] for s in seconds if s["p99_ms"] is not None]
     peak_row = next(p for p in phases if p["phase"] == peak)
+    refused = sum(p["refused"] for p in phases)
     goals = {
         "no_errors": errors == 0,
+        "no_errors_but_refusals": errors == refused,
         "p99_within_deadline": None
         if deadline_ms is None
         else bool(p99s) and max(p99s) <= deadline_ms,
@@ -810,15 +829,15 @@ def render_scenario(r: ScenarioReport) -> str:
         f"{r.procs} client process(es)",
         "",
         "| phase | s | intended/s | offered/s | offered % | model | fallback | errors "
-        "| p50 ms | p99 ms | worst 1-s p99 ms | server p99 ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| of them refused | p50 ms | p99 ms | worst 1-s p99 ms | server p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in r.phases:
         ratio = p["offered_ratio"]
         lines.append(
             f"| {p['phase']} | {p['seconds']:g} | {_f(p['intended_per_s'])} "
             f"| {_f(p['offered_per_s'])} | {_f(None if ratio is None else 100 * ratio)} "
-            f"| {p['model']:,} | {p['fallback']:,} | {p['errors']:,} "
+            f"| {p['model']:,} | {p['fallback']:,} | {p['errors']:,} | {p['refused']:,} "
             f"| {_f(p['p50_ms'], 2)} | {_f(p['p99_ms'], 2)} | {_f(p['worst_second_p99_ms'], 2)} "
             f"| {_f(p['server_p99_ms'], 2)} |"
         )
@@ -828,6 +847,19 @@ def render_scenario(r: ScenarioReport) -> str:
         "",
         f"- errors other than fallbacks: {'none' if g['no_errors'] else '**some**'}"
         + "".join(f"; {p['phase']}: {p['error_codes']}" for p in r.phases if p["error_codes"]),
+        "- errors other than fallbacks and refusals: "
+        + ("none" if g.get("no_errors_but_refusals") else "**some**")
+        + "; refused at once by configuration (RESOURCE_EXHAUSTED; CANCELLED from gRPC "
+        "core's grpc.max_pending_calls; REFUSED_STREAM): "
+        + (
+            "; ".join(
+                f"{p['phase']} {p['refused']:,}, p99 {_f(p.get('refused_p99_ms'), 2)} ms "
+                "after sending"
+                for p in r.phases
+                if p.get("refused")
+            )
+            or "none"
+        ),
         "- fallback reasons: "
         + (
             "; ".join(f"{p['phase']}: {p['fallback_reasons']}" for p in r.phases if p["fallback"])
@@ -859,14 +891,15 @@ def render_scenario(r: ScenarioReport) -> str:
                 )
     lines += [
         "",
-        "| t s | phase | intended | offered | model | fallback | errors | p50 ms | p99 ms "
-        "| server p99 ms | send lag ms |",
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| t s | phase | intended | offered | model | fallback | errors | refused | p50 ms "
+        "| p99 ms | server p99 ms | send lag ms |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for s in r.seconds:
         lines.append(
             f"| {s['t_s']:g} | {s['phase']} | {s['intended']:,} | {s['offered']:,} "
-            f"| {s['model']:,} | {s['fallback']:,} | {s['errors']:,} | {_f(s['p50_ms'], 2)} "
+            f"| {s['model']:,} | {s['fallback']:,} | {s['errors']:,} | {s['refused']:,} "
+            f"| {_f(s['p50_ms'], 2)} "
             f"| {_f(s['p99_ms'], 2)} | {_f(s['server_p99_ms'], 2)} "
             f"| {_f(s['max_send_lag_ms'], 1)} |"
         )
@@ -939,6 +972,9 @@ def route_policy(routes_file: Path) -> tuple[float, tuple[str, ...]]:
 
 MAX_CONCURRENT_CALLS = 32
 """grpc.max_concurrent_calls of the benchmark's riskwire (see riskwire_env)."""
+MAX_PENDING_CALLS = (16, 64)
+"""grpc.max_pending_calls and _hard of the benchmark's riskwire: about what the loop
+takes in the route's 10 ms here (see riskwire_env)."""
 
 
 def audit_supported() -> bool:
@@ -956,6 +992,10 @@ def riskwire_env(scratch: Path, name: str) -> dict[str, str]:
         # Shed at the transport beyond this many calls in progress (RESOURCE_EXHAUSTED):
         # the capacity here (~800 calls/s) times the route's 10 ms is ~8 in service.
         "RISKWIRE_GRPC__MAX_CONCURRENT_CALLS": str(MAX_CONCURRENT_CALLS),
+        # Calls received but not yet taken by the event loop: past these, gRPC's core
+        # refuses new ones at once (CANCELLED) instead of queueing them past the deadline.
+        "RISKWIRE_GRPC__MAX_PENDING_CALLS": str(MAX_PENDING_CALLS[0]),
+        "RISKWIRE_GRPC__MAX_PENDING_CALLS_HARD": str(MAX_PENDING_CALLS[1]),
     }
     if audit_supported():
         env["RISKWIRE_AUDIT__DIRECTORY"] = str(scratch / f"{name}-audit")

@@ -35,6 +35,9 @@ def test_unknown_keys_and_clashing_ports_are_refused(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(ValidationError, match="ports must differ"):
         load_settings(None, **{"admin.port": 50051})
+    # gRPC core's pending-call bounds: refusing all before refusing some is no policy.
+    with pytest.raises(ValidationError, match="max_pending_calls_hard"):
+        load_settings(None, **{"grpc.max_pending_calls": 100, "grpc.max_pending_calls_hard": 10})
 
 
 def test_admin_token_is_made_once_and_reused(tmp_path: Path) -> None:

@@ -233,16 +233,45 @@ def test_resource_exhausted_is_an_explicit_shed() -> None:
     ]
     assert ci.is_explicit_shed("RESOURCE_EXHAUSTED", ())
     assert ci.is_explicit_shed("UNAVAILABLE", ())  # a refused stream
+    assert ci.is_explicit_shed("CANCELLED", ())  # gRPC core's grpc.max_pending_calls
     assert not ci.is_explicit_shed("DEADLINE_EXCEEDED", ())
 
 
 def test_late_calls_are_reported_not_failed() -> None:
     late = {"DEADLINE_EXCEEDED": 5, "CANCELLED": 2}
     assert ci.failures([("spike", late, FALLBACK_ON)], [], []) == []
+    # CANCELLED is the pending bound's refusal, not lateness.
     assert ci.late_calls("spike", late) == [
-        "spike: 2 call(s) ended CANCELLED at the client (late: a timing)",
         "spike: 5 call(s) ended DEADLINE_EXCEEDED at the client (late: a timing)",
     ]
+
+
+def test_refusals_are_errors_counted_apart_with_how_soon_they_came() -> None:
+    result = spike.RunResult(
+        PHASES,
+        rows(
+            *(row(100 * i, latency_ms=2) for i in range(10)),
+            *(row(1000 + 10 * i, latency_ms=1, outcome="CANCELLED") for i in range(50)),
+            *(row(1500 + 10 * i, latency_ms=4, outcome="RESOURCE_EXHAUSTED") for i in range(40)),
+            *(row(1900 + 10 * i, latency_ms=900, outcome="DEADLINE_EXCEEDED") for i in range(10)),
+            *(row(2000 + 100 * i, latency_ms=2) for i in range(10)),
+        ),
+    )
+    rep = spike.report("spike", result, 20.0, deadline_ms=10.0, peak="spike")
+    peak = rep.phases[1]
+    assert (peak["errors"], peak["refused"]) == (100, 90)
+    assert peak["refused_p99_ms"] == 4.0
+    assert rep.goals["no_errors"] is False
+    assert rep.goals["no_errors_but_refusals"] is False  # the 10 late ones
+    text = spike.render_scenario(rep)
+    assert "| spike | 1 | 100 | 100 | 100 | 0 | 0 | 100 | 90 |" in text
+    assert "spike 90, p99 4.00 ms after sending" in text
+    refused_only = spike.RunResult(
+        PHASES,
+        result.rows[result.rows[:, spike.OUTCOME] != spike.outcome_code("DEADLINE_EXCEEDED")],
+    )
+    rep = spike.report("spike", refused_only, 20.0, deadline_ms=10.0, peak="spike")
+    assert rep.goals["no_errors_but_refusals"] is True
 
 
 def test_no_timing_ever_fails() -> None:
