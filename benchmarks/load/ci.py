@@ -521,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity = None if runs is None else runs.capacity
     doc = _document(started, elapsed, args, commands, stage, capacity, reports, audits, failed)
     doc["floor_spike"] = None if floor_spike is None else asdict(floor_spike[0])
+    doc["commands"]["floor-spike"] = floor_spike_command()
     if stage.crashed:
         doc["server_logs"] = {name: logs.get(name, []) for name in stage.crashed}
     previous = previous_result()
@@ -571,7 +572,7 @@ def _floor_control(
     """The spike's schedule (riskwire's capacity) against the floor, which does no work
     per call: what the machine and the gRPC framework alone make of that rate. A
     measurement, never judged; a client failure or a floor crash still fails the stage."""
-    with _Server("floor-spike", FLOOR_CMD, scratch / "floor-spike.log", None) as server:
+    with _Server("floor-spike", floor_spike_command(), scratch / "floor-spike.log", None) as server:
         server.start(args.server_timeout)
         print(f"floor-spike: pid {server.pid}, port {server.port}", flush=True)
         try:
@@ -594,6 +595,13 @@ def _floor_control(
 
 FLOOR_SPIKE = "spike-floor"
 """Name of the control run: the spike's schedule against the floor server."""
+
+
+def floor_spike_command() -> list[str]:
+    """The floor with the spike's riskwire's bound on calls gRPC's core holds: only the
+    work per call differs between the two."""
+    soft, hard = spike.MAX_PENDING_CALLS
+    return [*FLOOR_CMD, "--max-pending-calls", str(soft), str(hard)]
 
 
 def spike_verdict(
@@ -629,8 +637,8 @@ def spike_verdict(
     if not met["floor"]:
         lines.append(
             "- The bare gRPC server misses the goal at this rate too: here the limit is the "
-            "machine and the gRPC framework's intake (calls queue in gRPC's core, first in, "
-            "first out, before any handler runs), not riskwire's work per call."
+            "machine (and the load client on it) and what the gRPC framework takes in, before "
+            "any handler runs, not riskwire's work per call."
         )
     return lines
 
@@ -738,7 +746,9 @@ def _markdown(doc: Mapping[str, Any], comparison: Sequence[str], stem: str) -> s
             )
     lines += ["", "## Against the last committed result", "", "```", *comparison, "```", ""]
     lines.append(f"- riskwire-spike: `{shlex.join(doc['commands']['riskwire-spike'])}`")
-    lines.append(f"- floor (and the control): `{shlex.join(doc['commands']['floor'])}`")
+    lines.append(f"- floor: `{shlex.join(doc['commands']['floor'])}`")
+    if "floor-spike" in doc["commands"]:
+        lines.append(f"- the control: `{shlex.join(doc['commands']['floor-spike'])}`")
     lines.append("")
     return "\n".join(lines)
 

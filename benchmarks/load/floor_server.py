@@ -76,9 +76,21 @@ class FloorScoring(scoring_pb2_grpc.ScoringServicer):
         raise AssertionError("unreachable")
 
 
-async def serve(host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT, announcing the bound port on stdout."""
-    server = grpc.aio.server()
+async def serve(host: str, port: int, max_pending: tuple[int, int] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, announcing the bound port on stdout.
+
+    ``max_pending``: gRPC core's bounds on received calls the loop has not taken
+    (riskwire's ``grpc.max_pending_calls`` and ``_hard``); None keeps gRPC's defaults.
+    """
+    options = (
+        []
+        if max_pending is None
+        else [
+            ("grpc.server.max_pending_requests", max_pending[0]),
+            ("grpc.server.max_pending_requests_hard_limit", max_pending[1]),
+        ]
+    )
+    server = grpc.aio.server(options=options)
     scoring_pb2_grpc.add_ScoringServicer_to_server(FloorScoring(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
@@ -98,8 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--max-pending-calls",
+        type=int,
+        nargs=2,
+        metavar=("SOFT", "HARD"),
+        help="gRPC core's bounds on calls not yet taken (default: gRPC's, 1000 3000)",
+    )
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.host, args.port))
+    pending = None if args.max_pending_calls is None else tuple(args.max_pending_calls)
+    uvloop.run(serve(args.host, args.port, pending))
 
 
 if __name__ == "__main__":

@@ -134,6 +134,24 @@ def is_answered(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     return codes < NOT_SENT
 
 
+def classify_reply(response: bytes, expected_id: str) -> tuple[int, int, int]:
+    """``(outcome, decision, server_latency_us)`` of a Score reply's bytes: MODEL,
+    ``FALLBACK/<reason>``, or MISMATCH (unparseable, or for another transaction)."""
+    try:
+        reply = scoring_pb2.ScoreResponse.FromString(response)
+    except DecodeError:
+        return _MISMATCH, 0, 0
+    if reply.transaction_id != expected_id:
+        outcome = _MISMATCH
+    elif reply.decision_source == scoring_pb2.FALLBACK:
+        outcome = _OUTCOME_CODE.get(
+            f"FALLBACK/{reply.fallback_reason}", _OUTCOME_CODE["FALLBACK/OTHER"]
+        )
+    else:
+        outcome = MODEL
+    return outcome, reply.decision, reply.server_latency_us
+
+
 # --- what is run --------------------------------------------------------------------------
 
 
@@ -325,21 +343,7 @@ class _Client:
             outcome = _OUTCOME_CODE[exc.code().name]
             self.error_examples.setdefault(exc.code().name, exc.details() or "")
         else:
-            try:
-                reply = scoring_pb2.ScoreResponse.FromString(response)
-            except DecodeError:
-                outcome = _MISMATCH
-            else:
-                decision = reply.decision
-                server_us = reply.server_latency_us
-                if reply.transaction_id != pool.expected_ids[i][0]:
-                    outcome = _MISMATCH
-                elif reply.decision_source == scoring_pb2.FALLBACK:
-                    outcome = _OUTCOME_CODE.get(
-                        f"FALLBACK/{reply.fallback_reason}", _OUTCOME_CODE["FALLBACK/OTHER"]
-                    )
-                else:
-                    outcome = MODEL
+            outcome, decision, server_us = classify_reply(response, pool.expected_ids[i][0])
         if record:
             end = time.monotonic_ns()
             pool_index = POOLS.index(pool_name)
