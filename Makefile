@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 1
 NATIVE_SOURCES := $(wildcard native/cpp/*.cpp native/cpp/*.hpp native/cython/*.pyx native/cython/*.pxd)
 PROTO_SOURCES := $(shell find protos -name '*.proto')
 
-.PHONY: all install build models serve test test-tools lint typecheck unit bench bench-ci clean
+.PHONY: all install build models serve test test-tools lint typecheck unit bench bench-ci native-client clean
 
 all: build
 
@@ -54,7 +54,7 @@ typecheck: build
 unit: build models
 	$(BIN)/python -m pytest -q
 
-test: build models lint typecheck test-tools deploy-tools
+test: build models lint typecheck test-tools deploy-tools native-client
 	RISKWIRE_DEPLOY_TOOLS=$(DEPLOY_TOOLS) $(BIN)/python -m pytest -q
 	@echo "--- again on the pure-Python reference (RISKWIRE_PURE_PYTHON=1)"
 	RISKWIRE_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/unit tests/native tests/integration/test_scoring.py
@@ -82,8 +82,21 @@ bench: build models
 # CI's benchmark stage (.ci/run): floor, steady, batch, spike and card testing in one
 # run, ~2 min; results in benchmarks/results/ci/. Fails only on errors other than
 # explicit fallbacks, a server crash or a lost audit record, never on a timing.
-bench-ci: build models
+bench-ci: build models native-client
 	$(BIN)/python -m benchmarks.load.ci --models $(MODELS)
+
+# The native open-loop load client (benchmarks/load/native/openloop.cc) for the spike
+# scenarios: gRPC C++ from Debian (libgrpc++-dev). Without it the spike runs the Python
+# client, whose own lateness then shows in the latencies; bench-ci says which it ran.
+native-client: build
+	@if ! pkg-config --exists grpc++ 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "--- apt-get install libgrpc++-dev pkg-config (the native load client)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgrpc++-dev pkg-config >/dev/null \
+				|| echo "--- could not install libgrpc++-dev: the spike runs the Python client"; \
+		else echo "--- no libgrpc++-dev and no apt-get as root: the spike runs the Python client"; fi; fi
+	@$(BIN)/python -c "from benchmarks.load import native_client as n; print('--- native load client:', n.build())" \
+		|| echo "--- the native load client did not build: the spike runs the Python client"
 
 clean:
 	rm -rf build $(VENV)/.built gateway/_native/*.so riskwire inference native/cython/*.c native/cython/*.cpp

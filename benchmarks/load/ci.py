@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = _document(started, elapsed, args, commands, stage, capacity, reports, audits, failed)
     doc["floor_spike"] = None if floor_spike is None else asdict(floor_spike[0])
     doc["commands"]["floor-spike"] = floor_spike_command()
+    doc["config"]["client"] = None if runs is None else runs.client
     if stage.crashed:
         doc["server_logs"] = {name: logs.get(name, []) for name in stage.crashed}
     previous = previous_result()

@@ -53,7 +53,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
@@ -592,17 +592,50 @@ def run_phases(spec: ClientSpec, start_delay_s: float = 0.3) -> RunResult:
     )
 
 
+Runner = Callable[[ClientSpec], RunResult]
+"""Runs a ClientSpec's phases and gathers every call: ``run_phases`` (Python client
+processes) or ``native_client.run_phases`` (the gRPC C++ client)."""
+
+
+def client_runner(choice: str) -> tuple[str, Runner]:
+    """The load client for ``choice``: ``python`` (this module's), ``native``
+    (benchmarks/load/native_client.py), or ``auto``: native where it builds.
+
+    Raises:
+        SpikeError: ``native`` asked for and not available.
+    """
+    if choice == "python":
+        return "python", run_phases
+    from benchmarks.load import native_client  # imports this module
+
+    try:
+        native_client.build()
+    except (native_client.NativeClientUnavailable, RuntimeError) as exc:
+        # RuntimeError: it failed to compile here. Loud, but a benchmark stage still
+        # runs (its report names the client that ran).
+        if choice == "native":
+            raise SpikeError(f"the native load client: {exc}") from exc
+        print(f"native load client unavailable ({exc}); the Python client runs", flush=True)
+        return "python", run_phases
+    return "native", native_client.run_phases
+
+
 def probe_capacity(
-    target: str, *, seconds: float = 2.0, concurrency: int = 8, seed: int = 7
+    target: str,
+    *,
+    seconds: float = 2.0,
+    concurrency: int = 8,
+    seed: int = 7,
+    runner: Runner = run_phases,
 ) -> tuple[float, RunResult]:
     """Calls per second the server answers (model or fallback) with ``concurrency``
     callers in a closed loop, from one client process."""
     spec = ClientSpec(
         target=target, phases=(Phase("probe", seconds, concurrency=concurrency),), seed=seed
     )
-    result = run_phases(spec)
+    result = runner(spec)
     codes = result.rows[:, OUTCOME]
-    return np.count_nonzero(is_answered(codes)) / seconds, result
+    return float(np.count_nonzero(is_answered(codes))) / seconds, result
 
 
 # --- aggregation --------------------------------------------------------------------------------
@@ -770,6 +803,8 @@ class ScenarioReport:
     client_busy: float | None = None
     max_send_lag_ms: float = 0.0
     error_examples: dict[str, str] = field(default_factory=dict)
+    client: str = "python"
+    """The load client: ``native`` (gRPC C++) or ``python`` (``procs`` processes)."""
 
 
 def report(
@@ -780,6 +815,7 @@ def report(
     *,
     peak: str,
     reference: str = "steady",
+    client: str = "python",
 ) -> ScenarioReport:
     """Per phase and per second figures, recovery and the goals, for one run."""
     phases = per_phase(result.rows, result.phases)
@@ -818,6 +854,7 @@ def report(
         client_busy=result.client_busy,
         max_send_lag_ms=round(result.max_send_lag_ns / 1e6, 3),
         error_examples=dict(sorted(result.error_examples.items())),
+        client=client,
     )
 
 
@@ -830,7 +867,11 @@ def render_scenario(r: ScenarioReport) -> str:
     deadline = f"{r.deadline_ms:g} ms" if r.deadline_ms is not None else "unknown"
     lines = [
         f"### {r.name}: capacity {r.capacity_per_s:,.0f} calls/s, route deadline {deadline}, "
-        f"{r.procs} client process(es)",
+        + (
+            "the native load client"
+            if r.client == "native"
+            else f"{r.procs} Python client process(es)"
+        ),
         "",
         "| phase | s | intended/s | offered/s | offered % | model | fallback | errors "
         "| of them refused | p50 ms | p99 ms | worst 1-s p99 ms | server p99 ms |",
@@ -1055,6 +1096,8 @@ class ScenarioRuns:
     probe: RunResult | None
     """The closed-loop capacity probe; None when the capacity was given."""
     done: list[tuple[ScenarioReport, RunResult]]
+    client: str = "python"
+    """The load client that ran them: ``native`` or ``python``."""
 
     @property
     def answered(self) -> int:
@@ -1075,11 +1118,19 @@ def run_scenarios(
     deadline_ms: float | None,
     args: argparse.Namespace,
 ) -> ScenarioRuns:
-    """Probe the capacity (unless given), then run each scenario."""
+    """Probe the capacity (unless given), then run each scenario, with the load client
+    ``args.client`` names (see client_runner)."""
+    client, runner = client_runner(getattr(args, "client", "python"))
     probe = None
     if capacity is None:
-        capacity, probe = probe_capacity(target, seconds=args.probe_s, seed=args.seed)
-        print(f"capacity probe: {capacity:,.0f} answered calls/s at c=8 closed loop", flush=True)
+        capacity, probe = probe_capacity(
+            target, seconds=args.probe_s, seed=args.seed, runner=runner
+        )
+        print(
+            f"capacity probe ({client} client): {capacity:,.0f} answered calls/s at c=8 "
+            "closed loop",
+            flush=True,
+        )
     done = []
     for name in scenarios:
         if name == "spike":
@@ -1107,8 +1158,8 @@ def run_scenarios(
             deadline_ms=args.client_deadline_ms,
             seed=args.seed,
         )
-        result = run_phases(spec)
-        rep = report(name, result, capacity, deadline_ms, peak=peak)
+        result = runner(spec)
+        rep = report(name, result, capacity, deadline_ms, peak=peak, client=client)
         for p in rep.phases:
             print(
                 f"{name:<12} {p['phase']:<7} intended {p['intended_per_s']:>7,.0f}/s offered "
@@ -1118,7 +1169,7 @@ def run_scenarios(
                 flush=True,
             )
         done.append((rep, result))
-    return ScenarioRuns(capacity, probe, done)
+    return ScenarioRuns(capacity, probe, done, client)
 
 
 def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
@@ -1142,6 +1193,13 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
         help="gRPC deadline of each call (long: lateness shows as latency, not as errors)",
     )
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--client",
+        choices=["auto", "native", "python"],
+        default="auto",
+        help="load client: native (gRPC C++, make native-client), python, or native "
+        "where it builds",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
