@@ -10,7 +10,8 @@ In one run, on 127.0.0.1 with port 0 throughout:
    side by side: Score at c=8 and ScoreBatch of 256 at c=2, closed loop, alternating,
    ``--reps`` times (benchmarks.load.compare's scenarios and medians).
 2. riskwire with routes/spike.yaml (a 10 ms deadline, fallback REVIEW on timeout and
-   overload): its capacity by a closed-loop probe, then the spike scenario (steady at
+   overload) and grpc.max_pending_calls 1 / 2 (spike.MAX_PENDING_CALLS); its capacity
+   is riskwire's Score c=8 throughput of step 1; then the spike scenario (steady at
    half the capacity, 10x that, back) and the card-testing burst
    (benchmarks.load.spike); then the control: the spike's schedule, at riskwire's
    capacity, against the floor, which does no work per call (a measurement, never
@@ -454,7 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     floor_spike: tuple[spike.ScenarioReport, spike.RunResult] | None = None
     with tempfile.TemporaryDirectory(prefix="riskwire-ci-") as tmp:
         scratch = Path(tmp)
-        envs = {n: spike.riskwire_env(scratch, n) for n in commands if n != "floor"}
+        envs = {
+            n: spike.riskwire_env(
+                scratch, n, pending=spike.MAX_PENDING_CALLS if n == "riskwire-spike" else None
+            )
+            for n in commands
+            if n != "floor"
+        }
         try:
             with contextlib.ExitStack() as stack:
                 servers: dict[str, _Server] = {}
@@ -480,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs = spike.run_scenarios(
                         f"127.0.0.1:{server.port}",
                         scenarios=["spike", "card-testing"],
-                        capacity=args.capacity,
+                        capacity=args.capacity or closed_loop_capacity(stage.runs),
                         deadline_ms=deadline_ms,
                         args=args,
                     )
@@ -561,6 +568,16 @@ def main(argv: list[str] | None = None) -> int:
         "streams), no crash, no lost audit record"
     )
     return 0
+
+
+def closed_loop_capacity(runs: list[dict[str, Any]]) -> float | None:
+    """riskwire's Score c=8 throughput in this run (median, default settings): the
+    spike's capacity. Its server has gRPC's pending bound of 1-2 calls, which would
+    refuse part of a closed-loop probe's 8 callers. None: not measured (then the
+    spike probes its own server)."""
+    medians = summarize(runs, CLOSED_LOOP, ["floor", "riskwire"])
+    figure = medians.get("score_c8", {}).get("riskwire", {}).get("ok_per_s")
+    return float(figure) if figure else None
 
 
 def _floor_control(

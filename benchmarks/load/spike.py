@@ -765,17 +765,27 @@ def recovery_s(
     """How long after phase ``after`` ended the p99 came back to ``reference``'s.
 
     "Back" means: from that ``bucket_s`` bucket on, to the end of the run, no bucket's
-    p99 (of answered calls) exceeds ``tolerance`` times the ``reference`` phase's p99.
-    0.0: never above it after the phase; None: still above it in the run's last
-    bucket, or no reference p99.
+    p99 (of answered calls) exceeds the larger of ``tolerance`` times the
+    ``reference`` phase's p99 and the worst p99 of the reference phase's own buckets
+    (as good as the steady phase itself was: at a steady p99 of 2-4 ms, this
+    machine's stalls alone move a bucket's p99 by more than half). 0.0: never above
+    it after the phase; None: still above it in the run's last bucket, or no
+    reference p99.
     """
     bounds = dict(zip([p.name for p in phases], phase_bounds(phases), strict=True))
     ref_p99 = outcome_counts(_window(rows, *bounds[reference]))["p99_ms"]
     if ref_p99 is None:
         return None
-    threshold = ref_p99 * tolerance
+    buckets = per_bucket(rows, phases, bucket_s)
+    ref_start, ref_end = bounds[reference]
+    ref_buckets = [
+        b["p99_ms"]
+        for b in buckets
+        if ref_start - 1e-9 <= b["t_s"] < ref_end - 1e-9 and b["p99_ms"] is not None
+    ]
+    threshold = max([ref_p99 * tolerance, *ref_buckets])
     end_s = bounds[after][1]
-    later = [b for b in per_bucket(rows, phases, bucket_s) if b["t_s"] >= end_s - 1e-9]
+    later = [b for b in buckets if b["t_s"] >= end_s - 1e-9]
     back_at = end_s
     for b in later:
         if b["p99_ms"] is not None and b["p99_ms"] > threshold:
@@ -1033,19 +1043,25 @@ def audit_supported() -> bool:
     return "audit" in Settings.model_fields
 
 
-def riskwire_env(scratch: Path, name: str) -> dict[str, str]:
+def riskwire_env(
+    scratch: Path, name: str, pending: tuple[int, int] | None = None
+) -> dict[str, str]:
     """Environment for a benchmark's riskwire: state and, where built, the audit log
-    in ``scratch`` (never var/)."""
+    in ``scratch`` (never var/); ``pending``: grpc.max_pending_calls and _hard (the
+    spike's server: MAX_PENDING_CALLS), None for the defaults."""
     env = {
         "RISKWIRE_STATE_DIR": str(scratch / f"{name}-state"),
         # Shed at the transport beyond this many calls in progress (RESOURCE_EXHAUSTED):
         # the capacity here (~800 calls/s) times the route's 10 ms is ~8 in service.
         "RISKWIRE_GRPC__MAX_CONCURRENT_CALLS": str(MAX_CONCURRENT_CALLS),
-        # Calls received but not yet taken by the event loop: past these, gRPC's core
-        # refuses new ones at once (CANCELLED) instead of queueing them past the deadline.
-        "RISKWIRE_GRPC__MAX_PENDING_CALLS": str(MAX_PENDING_CALLS[0]),
-        "RISKWIRE_GRPC__MAX_PENDING_CALLS_HARD": str(MAX_PENDING_CALLS[1]),
     }
+    if pending is not None:
+        # Calls received but not yet taken by the event loop: past these, gRPC's core
+        # refuses new ones at once (CANCELLED) instead of queueing them past the
+        # deadline. A closed loop of more callers than this is refused too: capacity
+        # is measured on a server with the defaults.
+        env["RISKWIRE_GRPC__MAX_PENDING_CALLS"] = str(pending[0])
+        env["RISKWIRE_GRPC__MAX_PENDING_CALLS_HARD"] = str(pending[1])
     if audit_supported():
         env["RISKWIRE_AUDIT__DIRECTORY"] = str(scratch / f"{name}-audit")
         env["RISKWIRE_AUDIT__KEY_FILE"] = str(scratch / f"{name}-audit.key")
@@ -1217,6 +1233,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="riskwire worker processes")
     p.add_argument("--scenario", choices=["spike", "card-testing", "both"], default="both")
     p.add_argument(
+        "--max-pending-calls",
+        type=int,
+        nargs=2,
+        metavar=("SOFT", "HARD"),
+        default=list(MAX_PENDING_CALLS),
+        help="grpc.max_pending_calls and _hard of the riskwire it starts",
+    )
+    p.add_argument(
         "--client-capacity",
         action="store_true",
         help="only measure what one client process can offer (against the floor)",
@@ -1228,6 +1252,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _probe_started(command: list[str], scratch: Path, args: argparse.Namespace) -> float:
+    """riskwire's capacity (the closed-loop probe) on a server of its own, with the
+    default pending bound, stopped before the scenarios' server starts."""
+    with ServerProcess(
+        "riskwire-probe", command, scratch / "riskwire-probe.log", riskwire_env(scratch, "probe")
+    ) as probe_server:
+        probe_server.start(120.0)
+        _, runner = client_runner(args.client)
+        capacity, _ = probe_capacity(
+            f"127.0.0.1:{probe_server.port}", seconds=args.probe_s, seed=args.seed, runner=runner
+        )
+    print(f"capacity probe: {capacity:,.0f} answered calls/s at c=8 closed loop", flush=True)
+    return capacity
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1247,19 +1286,27 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     cli_args = sys.argv[1:] if argv is None else argv
     command = None
+    capacity = args.capacity
     with contextlib.ExitStack() as stack:
         target = args.target
         if target is None:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="riskwire-")))
             command = riskwire_argv(args.models, args.routes, args.workers)
-            server = stack.enter_context(
-                ServerProcess(
-                    "riskwire", command, scratch / "riskwire.log", riskwire_env(scratch, "rw")
-                )
-            )
             try:
+                if capacity is None:
+                    # On a server with the default pending bound: the closed-loop probe
+                    # keeps 8 calls in flight, which a bound of 1-2 would refuse.
+                    capacity = _probe_started(command, scratch, args)
+                server = stack.enter_context(
+                    ServerProcess(
+                        "riskwire",
+                        command,
+                        scratch / "riskwire.log",
+                        riskwire_env(scratch, "rw", pending=tuple(args.max_pending_calls)),
+                    )
+                )
                 server.start(120.0)
-            except ServerError as exc:
+            except (ServerError, SpikeError) as exc:
                 print(f"spike: {exc}", file=sys.stderr)
                 return 1
             target = f"127.0.0.1:{server.port}"
@@ -1270,7 +1317,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_scenarios(
                 target,
                 scenarios=scenarios,
-                capacity=args.capacity,
+                capacity=capacity,
                 deadline_ms=deadline_ms,
                 args=args,
             )

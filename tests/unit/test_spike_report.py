@@ -186,6 +186,21 @@ def test_recovery_is_the_time_until_p99_stays_near_steady() -> None:
     assert spike.recovery_s(steady_spike_after(relapse), PHASES, "spike", "steady") is None
 
 
+def test_recovery_allows_the_stalls_the_steady_phase_had_itself() -> None:
+    # Steady: 2 ms calls, but one 250 ms stretch with three 30 ms stalls (its p99 30 ms,
+    # the phase's 2 ms). The same kind of stall after the spike is no relapse.
+    def phase_rows(start_ms: float, stall_ms: float) -> list[list[int]]:
+        out = [row(start_ms + 2.5 * i, latency_ms=2) for i in range(400)]
+        out += [row(start_ms + 10 + i, latency_ms=stall_ms) for i in range(3)]
+        return out
+
+    spike_rows = [row(1000 + 10 * i, latency_ms=50) for i in range(100)]
+    run = rows(*phase_rows(0, 30), *spike_rows, *phase_rows(2600, 20))
+    assert spike.recovery_s(run, PHASES, "spike", "steady") == 0.0
+    worse = rows(*phase_rows(0, 30), *spike_rows, *phase_rows(2600, 45))
+    assert spike.recovery_s(worse, PHASES, "spike", "steady") == 0.75
+
+
 def test_goals_report_errors_deadline_and_what_was_offered() -> None:
     result = spike.RunResult(PHASES, steady_spike_after([2.0] * 10), procs=2, warmup_answered=4)
     rep = spike.report("spike", result, 20.0, deadline_ms=10.0, peak="spike")
