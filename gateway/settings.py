@@ -52,12 +52,11 @@ class GrpcSettings(_Section):
     ``max_pending_calls_hard``: the caller gets CANCELLED (gRPC's own status for it,
     not riskwire's) within milliseconds and can take its fallback, while the calls
     taken wait less. Each pending call ahead costs a call about one call's loop time
-    (~1 ms on the 2-core VM), so for a 10 ms budget it takes 1-2 to keep answered
-    calls near the budget under a 10x spike (benchmarks/load/spike.py's
-    MAX_PENDING_CALLS has the measurements); that also refuses a few calls of
-    ordinary bursts (1-3 of 1,760 at half capacity). The default keeps bursts of
-    dozens of calls at once and bounds the wait to ~0.1-0.3 s. gRPC's own default is
-    1000."""
+    (~1 ms on the 2-core VM): a bound of 2-4 keeps answered calls within 20-40 ms
+    under a 10x spike, 1-2 within 15-20 ms but refuses ordinary traffic as well
+    (benchmarks/load/spike.py's MAX_PENDING_CALLS has the measurements). The default
+    passes bursts of dozens of calls at once and bounds the wait to ~0.1-0.3 s.
+    gRPC's own default is 1000."""
     max_pending_calls_hard: int = Field(256, ge=1)
     """Pending calls past which gRPC's core refuses every new one (its default: 3000)."""
     keepalive_time_ms: int = Field(30_000, ge=1000)

@@ -10,7 +10,7 @@ In one run, on 127.0.0.1 with port 0 throughout:
    side by side: Score at c=8 and ScoreBatch of 256 at c=2, closed loop, alternating,
    ``--reps`` times (benchmarks.load.compare's scenarios and medians).
 2. riskwire with routes/spike.yaml (a 10 ms deadline, fallback REVIEW on timeout and
-   overload) and grpc.max_pending_calls 1 / 2 (spike.MAX_PENDING_CALLS); its capacity
+   overload) and grpc.max_pending_calls 2 / 4 (spike.MAX_PENDING_CALLS); its capacity
    is riskwire's Score c=8 throughput of step 1; then the spike scenario (steady at
    half the capacity, 10x that, back) and the card-testing burst
    (benchmarks.load.spike); then the control: the spike's schedule, at riskwire's
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def closed_loop_capacity(runs: list[dict[str, Any]]) -> float | None:
     """riskwire's Score c=8 throughput in this run (median, default settings): the
-    spike's capacity. Its server has gRPC's pending bound of 1-2 calls, which would
+    spike's capacity. Its server has a pending bound of a few calls, which would
     refuse part of a closed-loop probe's 8 callers. None: not measured (then the
     spike probes its own server)."""
     medians = summarize(runs, CLOSED_LOOP, ["floor", "riskwire"])

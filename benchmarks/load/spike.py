@@ -1027,13 +1027,15 @@ def route_policy(routes_file: Path) -> tuple[float, tuple[str, ...]]:
 
 MAX_CONCURRENT_CALLS = 32
 """grpc.max_concurrent_calls of the benchmark's riskwire (see riskwire_env)."""
-MAX_PENDING_CALLS = (1, 2)
-"""grpc.max_pending_calls and _hard of the benchmark's riskwire (see riskwire_env). A
-call waits about one call's loop time (~1 ms here) for each pending call ahead of it,
-and the loop holds more it has taken: for the route's 10 ms this is as tight as it
-goes. Measured with the native client at 10x (2026-11-29): answered p99 in the spike
-15-20 ms at 1 / 2, 20-40 ms at 2 / 4 and 4 / 8, 110-170 ms at 16 / 64, ~1 s unbounded;
-the steady phase refused 1-3 calls of 1,760 at 1 / 2."""
+MAX_PENDING_CALLS = (2, 4)
+"""grpc.max_pending_calls and _hard of the spike's riskwire (see riskwire_env). A call
+waits about one call's loop time (~1 ms here) for each pending call ahead of it, and
+the loop holds more it has taken. Measured with the native client at 10x
+(2026-11-29, one run each): answered p99 in the spike 15-20 ms at 1 / 2, 20-40 ms at
+2 / 4 and 4 / 8, 110-170 ms at 16 / 64, ~1 s with gRPC's defaults. But 1 / 2 also
+refuses ordinary traffic: 1-3 calls of 1,760 at 440 calls/s, and 7% of the steady
+phase and 14% after the spike in a bench-ci run at 518 calls/s; 2 / 4 refused 2-3 of
+1,760 at 440/s."""
 
 
 def audit_supported() -> bool:
