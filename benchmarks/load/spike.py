@@ -1000,6 +1000,9 @@ def plot_timeline(
         ("errors", "errors"),
     ):
         rate.plot(t, [b[key] / bucket_s for b in buckets], label=label)
+    rate.plot(
+        t, [b["refused"] / bucket_s for b in buckets], ":", label="of the errors, refused at once"
+    )
     rate.set_ylabel("calls/s")
     rate.set_xlabel("seconds from the start of the schedule")
     rate.legend(loc="upper right")
