@@ -2,10 +2,10 @@
 
 A collection stops the whole process: the event loop, and every call that arrives
 meanwhile waits before its handler runs, so the server's own latency stamps never show
-it. Each server times every collection (``gc.callbacks``, about a microsecond each)
-and exports, per generation, the collections, their summed and largest pause, and how
-many objects ``gc_freeze`` put out of the collector's reach
-(benchmarks/micro/gc_pause.py measures what that saves).
+it. Each server times every collection (``gc.callbacks``: ~2 us a collection here,
+against 0.1 us for a young collection without it) and exports, per generation, the
+collections, their summed and largest pause, and how many objects ``gc_freeze`` put
+out of the collector's reach (benchmarks/micro/gc_pause.py measures what that saves).
 """
 
 from __future__ import annotations
