@@ -90,7 +90,7 @@ def is_explicit_shed(code: str, fallback_on: Collection[str]) -> bool:
     went away is caught as a crash instead.
     """
     del fallback_on  # every kind here is an explicit shed; see the docstring
-    return code in ("RESOURCE_EXHAUSTED", "CANCELLED", "UNAVAILABLE")
+    return code in spike.REFUSED_STATUSES
 
 
 LATE = ("DEADLINE_EXCEEDED",)

@@ -117,12 +117,13 @@ def is_error(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     return codes >= _MISMATCH
 
 
-REFUSED = tuple(OUTCOMES.index(name) for name in ("RESOURCE_EXHAUSTED", "CANCELLED", "UNAVAILABLE"))
+REFUSED_STATUSES = ("RESOURCE_EXHAUSTED", "CANCELLED", "UNAVAILABLE")
 """Errors that are the server refusing a call at once, by its configuration: the
 route's policy or grpc.max_concurrent_calls (RESOURCE_EXHAUSTED), gRPC core's bound on
 calls the loop has not taken (grpc.max_pending_calls: CANCELLED; this client never
 cancels a call itself, it lets the deadline pass) and HTTP/2 REFUSED_STREAM
 (UNAVAILABLE)."""
+REFUSED = tuple(OUTCOMES.index(name) for name in REFUSED_STATUSES)
 
 
 def is_refused(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -1145,7 +1146,7 @@ def run_scenarios(
 ) -> ScenarioRuns:
     """Probe the capacity (unless given), then run each scenario, with the load client
     ``args.client`` names (see client_runner)."""
-    client, runner = client_runner(getattr(args, "client", "python"))
+    client, runner = client_runner(args.client)
     probe = None
     if capacity is None:
         capacity, probe = probe_capacity(
