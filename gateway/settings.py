@@ -140,6 +140,13 @@ class BatchingSettings(_Section):
     hand-off waits for the GIL, up to 5 ms under load, far longer than a tree batch
     takes; lower it for models whose one call is long (GPU, large networks). 0 sends
     every batch to the thread."""
+    score_idle_now: bool = True
+    """With ``max_delay_us`` 0, score a call that finds its model idle at once, on its
+    own loop step, rather than through the queue and the dispatcher task (whose hop
+    cost a one-row call ~20 us of loop time on the 2-core VM and batched nothing:
+    behind gRPC, calls reach the batcher one loop step apart). Calls submitted in the
+    same step, or while the model is busy, still queue and batch. Off: every call
+    through the queue (benchmarks/micro/batcher.py compares the two)."""
     queue_rows: int = Field(4096, ge=1)
     """Most rows waiting per model; beyond it requests are shed by route policy."""
     intra_op_threads: int = Field(1, ge=1)

@@ -313,5 +313,6 @@ class ModelRepository:
             max_delay_us=batching.max_delay_us,
             queue_rows=batching.queue_rows,
             inline_max_rows=batching.inline_max_rows,
+            score_idle_now=batching.score_idle_now,
         )
         return LoadedModel(card, spec, runtime, encoder, batcher, path)

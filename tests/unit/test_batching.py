@@ -241,3 +241,88 @@ def test_admission_refuses_what_the_queue_ahead_cannot_finish_in_time() -> None:
     batcher = asyncio.run(run())
     assert batcher.stats.shed_late == 1 and batcher.stats.shed == 0
     assert model.calls == [1, 1, 1]  # the refused and the expired rows never ran
+
+
+def test_an_idle_model_scores_a_call_on_the_spot() -> None:
+    model = RecordingModel()
+
+    async def run() -> None:
+        # Not even started: the call never reaches the queue or the dispatcher.
+        batcher = DynamicBatcher("m/1", model, max_batch=8, max_delay_us=0, queue_rows=100)
+        times: list[int] = []
+        future = batcher.submit(rows(1.0, 2.0), deadline=time.monotonic() + 10, times=times)
+        assert future.done()
+        np.testing.assert_array_equal(await future, [1.0, 2.0])
+        assert len(times) == 2 and times[0] <= times[1]  # the model call's start and end
+        assert batcher.stats.batches == 1 and batcher.stats.rows == 2
+        assert batcher.service_s > 0.0  # admission control still learns the service time
+        assert batcher.queued_rows == 0
+
+    asyncio.run(run())
+    assert model.calls == [2]
+
+
+def test_calls_submitted_in_the_same_loop_step_after_one_on_the_spot_batch() -> None:
+    model = RecordingModel()
+
+    async def run() -> None:
+        batcher = DynamicBatcher("m/1", model, max_batch=8, max_delay_us=0, queue_rows=100)
+        batcher.start()
+        futures = [batcher.submit(rows(float(i))) for i in range(4)]  # one loop step
+        assert [f.done() for f in futures] == [True, False, False, False]
+        assert [float(s[0]) for s in await asyncio.gather(*futures)] == [0.0, 1.0, 2.0, 3.0]
+        # A later step finds the model idle again.
+        assert batcher.submit(rows(5.0)).done()
+        await batcher.close()
+
+    asyncio.run(run())
+    assert model.calls == [1, 3, 1]
+
+
+def test_calls_arriving_while_a_bulk_request_runs_inline_batch_together() -> None:
+    model = RecordingModel()
+
+    async def run() -> None:
+        batcher = DynamicBatcher("m/1", model, max_batch=4, max_delay_us=0, queue_rows=100)
+        batcher.start()
+        bulk = batcher.submit(rows(*range(10)))  # more than a batch: queued, chunked
+        await asyncio.sleep(0)  # the dispatcher runs the first chunk, then yields
+        small = [batcher.submit(rows(float(i))) for i in range(3)]
+        assert not any(f.done() for f in small)  # the model is busy: they wait
+        np.testing.assert_array_equal(await bulk, np.arange(10, dtype=np.float64))
+        assert [float(s[0]) for s in await asyncio.gather(*small)] == [0.0, 1.0, 2.0]
+        await batcher.close()
+
+    asyncio.run(run())
+    assert model.calls == [4, 4, 2, 3]
+
+
+def test_without_score_idle_now_every_call_is_queued() -> None:
+    model = RecordingModel()
+
+    async def run() -> None:
+        batcher = DynamicBatcher(
+            "m/1", model, max_batch=8, max_delay_us=0, queue_rows=100, score_idle_now=False
+        )
+        batcher.start()
+        futures = [batcher.submit(rows(float(i))) for i in range(3)]
+        assert not any(f.done() for f in futures)
+        assert [float(s[0]) for s in await asyncio.gather(*futures)] == [0.0, 1.0, 2.0]
+        await batcher.close()
+
+    asyncio.run(run())
+    assert model.calls == [3]  # submitted in one step, scored in one call
+
+
+def test_a_model_failure_on_the_spot_is_the_callers_error() -> None:
+    def broken(_: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        raise RuntimeError("onnx exploded")
+
+    async def run() -> None:
+        batcher = DynamicBatcher("m/1", broken, max_batch=8, max_delay_us=0, queue_rows=100)
+        future = batcher.submit(rows(1.0))
+        with pytest.raises(BackendFailure, match="onnx exploded"):
+            await future
+        assert batcher.stats.failures == 1 and batcher.stats.batches == 0
+
+    asyncio.run(run())
