@@ -50,6 +50,7 @@ from gateway.audit.otel_logs import OtelAuditLogs
 from gateway.audit.records import GENESIS, EntityHasher, RecordKind, key_id, load_key, seal
 from gateway.audit.settings import AuditSettings
 from gateway.errors import ErrorKind, GatewayError
+from gateway.threadnames import name_this_thread
 
 log = logging.getLogger("riskwire.audit")
 
@@ -540,6 +541,7 @@ class AuditWriter:
     # -- the writer thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        name_this_thread()
         try:
             while self._cycle():
                 pass

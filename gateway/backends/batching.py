@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import BackendFailure, DeadlineExpired, Overloaded
+from gateway.threadnames import name_this_thread
 
 T = TypeVar("T")
 ScoreFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]
@@ -138,7 +139,9 @@ class DynamicBatcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{name}", initializer=name_this_thread
+        )
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._running = 0

@@ -63,6 +63,7 @@ from gateway.decisions import DecisionSource
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.models.card import CARD_FILE, CardError, Metrics, ModelCard
 from gateway.telemetry.fairness import FairnessMonitor, FairnessSettings
+from gateway.threadnames import name_this_thread
 from router.routes import ArmRole, Decision
 
 if TYPE_CHECKING:
@@ -536,6 +537,7 @@ class _SqliteThread:
         self._thread = None
 
     def _run(self, ready: threading.Event) -> None:
+        name_this_thread()
         try:
             connection = self._connect()
         except BaseException as exc:
