@@ -321,10 +321,21 @@ def test_the_floor_control_says_whether_the_rate_beats_the_bare_server() -> None
     assert lines[0].endswith("goal **missed**")
     assert lines[1].endswith("goal met")
     assert len(lines) == 2
-    # Both miss: the bare server cannot take the rate either, and the report says so.
+    # Both miss by about as much: the bare server cannot take the rate either.
     lines = ci.spike_verdict(asdict(missed), asdict(missed))
     assert lines[1].endswith("goal **missed**")
-    assert "The bare gRPC server misses the goal at this rate too" in lines[2]
+    assert "misses the goal at this rate too, by about as much" in lines[2]
+    # Both miss, riskwire far worse (worst second 200 ms against the floor's 50): the
+    # difference is riskwire's, and the report says that instead.
+    slow = rows(
+        *(row(100 * i, latency_ms=2) for i in range(10)),
+        *(row(1000 + 10 * i, latency_ms=200) for i in range(100)),
+        *(row(2000 + 100 * i, latency_ms=2) for i in range(10)),
+    )
+    worse = spike.report("spike", spike.RunResult(PHASES, slow), 20.0, 10.0, peak="spike")
+    lines = ci.spike_verdict(asdict(worse), asdict(missed))
+    assert "but by less (worst second 50.0 against 200.0 ms" in lines[2]
+    assert "riskwire's work per call" in lines[2] and "for the difference" in lines[2]
     assert ci.spike_verdict(None, asdict(met)) == []
     # The control's figures are compared run to run like the scenarios'.
     met.name = ci.FLOOR_SPIKE
