@@ -47,7 +47,15 @@ from gateway.audit.chain import (
     segment_name,
 )
 from gateway.audit.otel_logs import OtelAuditLogs
-from gateway.audit.records import GENESIS, EntityHasher, RecordKind, key_id, load_key, seal
+from gateway.audit.records import (
+    GENESIS,
+    CanonicalJSON,
+    EntityHasher,
+    RecordKind,
+    key_id,
+    load_key,
+    seal,
+)
 from gateway.audit.settings import AuditSettings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.threadnames import name_this_thread
@@ -94,9 +102,12 @@ class PendingRecords(Protocol):
     def record_count(self) -> int:
         """How many records it becomes (what it takes of the queue's room)."""
 
-    def expand(self, hash_entity: Callable[[str], str]) -> Iterable[tuple[int, dict[str, Any]]]:
+    def expand(
+        self, hash_entity: Callable[[str], str]
+    ) -> Iterable[tuple[int, Mapping[str, Any] | CanonicalJSON]]:
         """Its records' ``(ts_ms, payload)``, exactly ``record_count`` of them, entity
-        ids hashed with ``hash_entity``. Runs on the writer thread."""
+        ids hashed with ``hash_entity``; a payload may come serialized already
+        (:class:`CanonicalJSON`). Runs on the writer thread."""
 
 
 @dataclass(slots=True)
@@ -619,7 +630,12 @@ class AuditWriter:
             made += 1
 
     def _append(
-        self, kind: RecordKind, ts_ms: int, payload: Mapping[str, Any], *, user: bool = False
+        self,
+        kind: RecordKind,
+        ts_ms: int,
+        payload: Mapping[str, Any] | CanonicalJSON,
+        *,
+        user: bool = False,
     ) -> None:
         """Seal one record onto the chain (rotating first when due) and buffer its line.
 
@@ -655,8 +671,10 @@ class AuditWriter:
         elif len(self._buffer) >= WRITE_CHUNK_BYTES:
             self._write_out()
 
-    def _seal(self, kind: RecordKind, ts_ms: int, payload: Mapping[str, Any]) -> tuple[str, bytes]:
-        def sealed(body: Mapping[str, Any]) -> tuple[str, bytes]:
+    def _seal(
+        self, kind: RecordKind, ts_ms: int, payload: Mapping[str, Any] | CanonicalJSON
+    ) -> tuple[str, bytes]:
+        def sealed(body: Mapping[str, Any] | CanonicalJSON) -> tuple[str, bytes]:
             return seal(
                 seq=self._seq + 1,
                 ts_ms=ts_ms,
