@@ -452,8 +452,34 @@ ORDER BY route, model, version, arm
 """
 
 
+ATTRIBUTES_JSON_CACHE = 4096
+"""Distinct monitoring-attribute sets whose JSON the writer keeps (then starts over)."""
+
+_attributes_json: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def attributes_json(attributes: Mapping[str, str]) -> str:
+    """A row's ``attributes`` column: the mapping as compact JSON, keys sorted.
+
+    Transactions carry few distinct attribute sets (a region, an age band), so each
+    set's text is kept, not serialized again per prediction (~7 us a row on the
+    writer thread).
+    """
+    try:
+        key = tuple(sorted(attributes.items()))
+        text = _attributes_json.get(key)
+    except TypeError:  # an unhashable value: no caching, the same text
+        return json.dumps(dict(sorted(attributes.items())), separators=(",", ":"))
+    if text is None:
+        text = json.dumps(dict(key), separators=(",", ":"))
+        if len(_attributes_json) >= ATTRIBUTES_JSON_CACHE:
+            _attributes_json.clear()
+        _attributes_json[key] = text
+    return text
+
+
 def _row(record: PredictionRecord) -> tuple[Any, ...]:
-    attributes = json.dumps(dict(sorted(record.attributes.items())), separators=(",", ":"))
+    attributes = attributes_json(record.attributes)
     return (
         record.transaction_id,
         record.route,

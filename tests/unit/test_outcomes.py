@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -595,3 +596,27 @@ def test_card_figures_come_from_the_repository(model_repository: Path, demo_card
 
     assert figures("fraud-gbdt", 1) == demo_card
     assert figures("fraud-gbdt", 999) is None
+
+
+def test_the_attributes_column_is_the_same_json_whether_kept_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.telemetry import outcomes as store
+
+    def reference(attributes: dict[str, Any]) -> str:
+        return json.dumps(dict(sorted(attributes.items())), separators=(",", ":"))
+
+    monkeypatch.setattr(store, "ATTRIBUTES_JSON_CACHE", 3)
+    monkeypatch.setattr(store, "_attributes_json", {})
+    sets: list[dict[str, Any]] = [
+        {"region": "north", "age_band": "18-24"},
+        {"age_band": "18-24", "region": "north"},  # the same set, other order
+        {"region": 's\u00fcd "quoted"', "age_band": "65+"},
+        {},
+        {"region": "east"},
+        {"tags": ["a", "b"]},  # unhashable: serialized every time, never kept
+    ]
+    for _ in range(2):
+        for attributes in sets:
+            assert store.attributes_json(attributes) == reference(attributes)
+    assert len(store._attributes_json) <= 3  # bounded: full, it starts over
