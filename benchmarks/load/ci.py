@@ -668,6 +668,13 @@ def spike_verdict(
                 "the gRPC framework account for the floor's miss, riskwire's work per call "
                 "(its server CPU per call above) for the difference."
             )
+        elif ours is not None and bare is not None and bare > 1.5 * ours:
+            lines.append(
+                "- The bare gRPC server misses the goal at this rate too, and by more (worst "
+                f"second {bare:,.1f} against riskwire's {ours:,.1f} ms): in this run the "
+                "machine and the load client on it, not the work per call, made the worst "
+                "seconds."
+            )
         else:
             lines.append(
                 "- The bare gRPC server misses the goal at this rate too, by about as much: "

@@ -336,6 +336,9 @@ def test_the_floor_control_says_whether_the_rate_beats_the_bare_server() -> None
     lines = ci.spike_verdict(asdict(worse), asdict(missed))
     assert "but by less (worst second 50.0 against 200.0 ms" in lines[2]
     assert "riskwire's work per call" in lines[2] and "for the difference" in lines[2]
+    # The other way round: a floor far worse than riskwire is the machine's noise.
+    lines = ci.spike_verdict(asdict(missed), asdict(worse))
+    assert "and by more (worst second 200.0 against riskwire's 50.0 ms)" in lines[2]
     assert ci.spike_verdict(None, asdict(met)) == []
     # The control's figures are compared run to run like the scenarios'.
     met.name = ci.FLOOR_SPIKE
