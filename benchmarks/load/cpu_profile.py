@@ -88,6 +88,11 @@ def perf_by_group(data: Path) -> tuple[int, dict[str, float]]:
         text=True,
         check=True,
     ).stdout
+    return shares_of_report(report)
+
+
+def shares_of_report(report: str) -> tuple[int, dict[str, float]]:
+    """``perf report --sort dso --stdio``'s sample count and each group's share (0-1)."""
     samples = 0
     shares: dict[str, float] = defaultdict(float)
     for line in report.splitlines():
