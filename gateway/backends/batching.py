@@ -271,8 +271,7 @@ class DynamicBatcher:
                     scores = await self._run_chunked_inline(rows)
             except Exception as exc:  # the runtime's own errors: answered, never raised here
                 self._running = 0
-                self.stats.failures += 1
-                failure = BackendFailure(f"model {self.name} failed: {exc}")
+                failure = self._failed(exc)
                 for pending in batch:
                     self._settle(pending)
                     if not pending.future.done():
@@ -311,8 +310,7 @@ class DynamicBatcher:
         try:
             scores = self._score(rows)
         except Exception as exc:  # the runtime's own errors: answered, never raised here
-            self.stats.failures += 1
-            future.set_exception(BackendFailure(f"model {self.name} failed: {exc}"))
+            future.set_exception(self._failed(exc))
             return
         ended_ns = time.perf_counter_ns()
         self._observe_service((ended_ns - started_ns) / 1e9)
@@ -320,6 +318,11 @@ class DynamicBatcher:
         if times is not None:
             times += (started_ns, ended_ns)
         future.set_result(scores)
+
+    def _failed(self, exc: Exception) -> BackendFailure:
+        """A model call's own error, counted, as its callers receive it."""
+        self.stats.failures += 1
+        return BackendFailure(f"model {self.name} failed: {exc}")
 
     def _end_step(self) -> None:
         self._scored_this_step = False

@@ -465,11 +465,11 @@ def attributes_json(attributes: Mapping[str, str]) -> str:
     set's text is kept, not serialized again per prediction (~7 us a row on the
     writer thread).
     """
+    key = tuple(sorted(attributes.items()))
     try:
-        key = tuple(sorted(attributes.items()))
         text = _attributes_json.get(key)
     except TypeError:  # an unhashable value: no caching, the same text
-        return json.dumps(dict(sorted(attributes.items())), separators=(",", ":"))
+        return json.dumps(dict(key), separators=(",", ":"))
     if text is None:
         text = json.dumps(dict(key), separators=(",", ":"))
         if len(_attributes_json) >= ATTRIBUTES_JSON_CACHE:
