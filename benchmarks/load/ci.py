@@ -490,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                         capacity=args.capacity or closed_loop_capacity(stage.runs),
                         deadline_ms=deadline_ms,
                         args=args,
+                        # With workers, server.pid is their parent: no event loop.
+                        server_pid=server.pid if args.workers == 1 else None,
                     )
                 except spike.SpikeError as exc:
                     stage.load_failures.append(f"riskwire-spike: {exc}")
@@ -600,6 +602,7 @@ def _floor_control(
                 capacity=capacity,
                 deadline_ms=deadline_ms,
                 args=args,
+                server_pid=server.pid,
             )
         except spike.SpikeError as exc:
             stage.load_failures.append(f"floor-spike: {exc}")
@@ -681,7 +684,38 @@ def spike_verdict(
                 "here the limit is the machine (and the load client on it) and what the gRPC "
                 "framework takes in, before any handler runs, not riskwire's work per call."
             )
+    lines += cpu_verdict(product, control)
     return lines
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def cpu_verdict(product: Mapping[str, Any], control: Mapping[str, Any]) -> list[str]:
+    """Whether the event-loop thread had a core in the spike (spike.cpu_lines' figures):
+    waiting for one is the machine's share of the latency, not the work per call."""
+
+    def loop(rep: Mapping[str, Any], phase: int) -> Mapping[str, Any] | None:
+        phases = rep["phases"]
+        return phases[phase].get("cpu") if len(phases) > phase else None
+
+    figures = []
+    for name, rep in (("riskwire", product), ("the floor", control)):
+        steady, peak = loop(rep, 0), loop(rep, 1)
+        if not steady or not peak:
+            return []
+        figures.append(
+            f"{name}'s ran {_g(peak['loop_ran_pct'])}% and waited "
+            f"{_g(peak['loop_waited_pct'])}% (steady: {_g(steady['loop_ran_pct'])}% and "
+            f"{_g(steady['loop_waited_pct'])}%), with gRPC core's threads at "
+            f"{_g(peak['grpc_core_pct'])}% of a core and the machine "
+            f"{_g(peak['machine_busy_pct'])}% busy"
+        )
+    return [
+        "- The event-loop thread in the spike, ready to run but waiting for a core another "
+        "thread or process held: " + "; ".join(figures) + "."
+    ]
 
 
 def _document(

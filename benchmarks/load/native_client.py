@@ -370,6 +370,7 @@ def _result(
         client_wall_ns=done["wall_ns"],
         max_send_lag_ns=done["max_send_lag_ns"],
         error_examples=examples,
+        t0_ns=t0,
     )
 
 

@@ -67,7 +67,7 @@ import numpy.typing as npt
 import uvloop
 from google.protobuf.message import DecodeError
 
-from benchmarks.load import machine
+from benchmarks.load import cpustat, machine
 from benchmarks.load.compare import FLOOR_CMD, RISKWIRE_ARGV, ServerError, ServerProcess
 from benchmarks.load.loadgen import RequestPool, build_pool
 from gateway.data.synth import generate
@@ -504,6 +504,8 @@ class RunResult:
     max_send_lag_ns: int = 0
     error_examples: dict[str, str] = field(default_factory=dict)
     """The first message of each error status, from any client process."""
+    t0_ns: int = 0
+    """The schedule's start, ``time.monotonic_ns()`` (CLOCK_MONOTONIC)."""
 
     @property
     def client_busy(self) -> float | None:
@@ -590,6 +592,7 @@ def run_phases(spec: ClientSpec, start_delay_s: float = 0.3) -> RunResult:
         error_examples={
             code: text for part in reversed(parts) for code, text in part["error_examples"].items()
         },
+        t0_ns=t0,
     )
 
 
@@ -816,6 +819,9 @@ class ScenarioReport:
     error_examples: dict[str, str] = field(default_factory=dict)
     client: str = "python"
     """The load client: ``native`` (gRPC C++) or ``python`` (``procs`` processes)."""
+    cpu_measured: bool = False
+    """Whether the server's threads were sampled (cpustat): each second and phase then
+    has ``cpu``, None where no sample fell in it."""
 
 
 def report(
@@ -827,10 +833,20 @@ def report(
     peak: str,
     reference: str = "steady",
     client: str = "python",
+    cpu: Sequence[cpustat.Sample] | None = None,
+    server_pid: int | None = None,
 ) -> ScenarioReport:
-    """Per phase and per second figures, recovery and the goals, for one run."""
+    """Per phase and per second figures, recovery and the goals, for one run;
+    ``cpu``: the server's samples (cpustat.CpuSampler of ``server_pid``) over it."""
     phases = per_phase(result.rows, result.phases)
     seconds = per_bucket(result.rows, result.phases, 1.0)
+    cpu_measured = bool(cpu) and server_pid is not None
+    if cpu and server_pid is not None:
+        by_second = cpustat.per_second(cpu, server_pid, result.t0_ns, len(seconds))
+        for row, figures in zip(seconds, by_second, strict=True):
+            row["cpu"] = figures
+        for p in phases:
+            p["cpu"] = cpustat.mean_of([s["cpu"] for s in seconds if s["phase"] == p["phase"]])
     rec = recovery_s(result.rows, result.phases, peak, reference)
     errors = sum(p["errors"] for p in phases)
     p99s = [s["p99_ms"] for s in seconds if s["p99_ms"] is not None]
@@ -866,6 +882,7 @@ def report(
         max_send_lag_ms=round(result.max_send_lag_ns / 1e6, 3),
         error_examples=dict(sorted(result.error_examples.items())),
         client=client,
+        cpu_measured=cpu_measured,
     )
 
 
@@ -936,6 +953,7 @@ def render_scenario(r: ScenarioReport) -> str:
             else ""
         ),
     ]
+    lines += cpu_lines(r)
     for code, text in r.error_examples.items():
         lines.append(f"- {code}, as the client saw it: {text[:200]!r}")
     for p in r.phases:
@@ -945,22 +963,52 @@ def render_scenario(r: ScenarioReport) -> str:
                     f"- {p['phase']}, {pool}: model decisions {figures['model_decisions']}, "
                     f"fallback {figures['fallback']}, errors {figures['errors']}"
                 )
+    cpu_head = (
+        " loop ran % | loop waited % | gRPC core % | machine busy % |" if r.cpu_measured else ""
+    )
     lines += [
         "",
         "| t s | phase | intended | offered | model | fallback | errors | refused | p50 ms "
-        "| p99 ms | server p99 ms | send lag ms |",
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| p99 ms | server p99 ms | send lag ms |" + cpu_head,
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" + "--:|" * (4 if r.cpu_measured else 0),
     ]
     for s in r.seconds:
+        cpu = s.get("cpu") or {}
         lines.append(
             f"| {s['t_s']:g} | {s['phase']} | {s['intended']:,} | {s['offered']:,} "
             f"| {s['model']:,} | {s['fallback']:,} | {s['errors']:,} | {s['refused']:,} "
             f"| {_f(s['p50_ms'], 2)} "
             f"| {_f(s['p99_ms'], 2)} | {_f(s['server_p99_ms'], 2)} "
             f"| {_f(s['max_send_lag_ms'], 1)} |"
+            + ("".join(f" {_f(cpu.get(k))} |" for k in CPU_COLUMNS) if r.cpu_measured else "")
         )
     lines.append("")
     return "\n".join(lines)
+
+
+CPU_COLUMNS = ("loop_ran_pct", "loop_waited_pct", "grpc_core_pct", "machine_busy_pct")
+"""The per-second table's CPU columns (cpustat.per_second's figures)."""
+
+
+def cpu_lines(r: ScenarioReport) -> list[str]:
+    """Per phase: the server's event-loop thread's running and waiting share, gRPC
+    core's threads, the machine (cpustat); nothing when the CPU was not sampled."""
+    if not r.cpu_measured:
+        return []
+    parts = []
+    for p in r.phases:
+        cpu = p.get("cpu")
+        if cpu:
+            parts.append(
+                f"{p['phase']}: ran {_f(cpu['loop_ran_pct'])}%, "
+                f"waited {_f(cpu['loop_waited_pct'])}%"
+                f" (gRPC core's threads {_f(cpu['grpc_core_pct'])}% of a core, the machine "
+                f"{_f(cpu['machine_busy_pct'])}% busy)"
+            )
+    return [
+        "- the server's event-loop thread ran, and waited for a CPU (runnable, another "
+        "thread or process on its core), this share of each phase: " + "; ".join(parts)
+    ]
 
 
 def plot_timeline(
@@ -1143,9 +1191,11 @@ def run_scenarios(
     capacity: float | None,
     deadline_ms: float | None,
     args: argparse.Namespace,
+    server_pid: int | None = None,
 ) -> ScenarioRuns:
     """Probe the capacity (unless given), then run each scenario, with the load client
-    ``args.client`` names (see client_runner)."""
+    ``args.client`` names (see client_runner); ``server_pid``: the server process on
+    this machine, whose threads' CPU each scenario samples (cpustat)."""
     client, runner = client_runner(args.client)
     probe = None
     if capacity is None:
@@ -1184,8 +1234,24 @@ def run_scenarios(
             deadline_ms=args.client_deadline_ms,
             seed=args.seed,
         )
-        result = runner(spec)
-        rep = report(name, result, capacity, deadline_ms, peak=peak, client=client)
+        sampler = None if server_pid is None else cpustat.CpuSampler(server_pid)
+        if sampler is not None and not sampler.supported:
+            sampler = None
+        if sampler is not None:
+            with sampler:
+                result = runner(spec)
+        else:
+            result = runner(spec)
+        rep = report(
+            name,
+            result,
+            capacity,
+            deadline_ms,
+            peak=peak,
+            client=client,
+            cpu=None if sampler is None else sampler.samples,
+            server_pid=server_pid,
+        )
         for p in rep.phases:
             print(
                 f"{name:<12} {p['phase']:<7} intended {p['intended_per_s']:>7,.0f}/s offered "
@@ -1293,6 +1359,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_args = sys.argv[1:] if argv is None else argv
     command = None
     capacity = args.capacity
+    server_pid = None
     with contextlib.ExitStack() as stack:
         target = args.target
         if target is None:
@@ -1316,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"spike: {exc}", file=sys.stderr)
                 return 1
             target = f"127.0.0.1:{server.port}"
+            server_pid = server.pid if args.workers == 1 else None
             print(f"riskwire: pid {server.pid}, port {server.port}", flush=True)
         else:
             deadline_ms = None if args.routes == SPIKE_ROUTES else deadline_ms
@@ -1326,6 +1394,7 @@ def main(argv: list[str] | None = None) -> int:
                 capacity=capacity,
                 deadline_ms=deadline_ms,
                 args=args,
+                server_pid=server_pid,
             )
         except SpikeError as exc:
             print(f"spike: {exc}", file=sys.stderr)

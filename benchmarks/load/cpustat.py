@@ -1,0 +1,201 @@
+"""A server's CPU during a load run, per second: what its event-loop thread ran, and
+how long it was ready to run but waited for a core that something else held.
+
+A latency table cannot tell a server busy with its own work from one that is not
+given a CPU. Linux can: ``/proc/<pid>/task/<tid>/schedstat`` holds, per thread, the
+nanoseconds it ran and the nanoseconds it sat runnable on a run queue. Sampled every
+``interval_s`` through a run and cut into the run's seconds, with ``/proc/stat`` for
+the whole machine, each second gets:
+
+- ``loop_ran_pct`` / ``loop_waited_pct``: the main thread (the gRPC server's event
+  loop) ran, and waited for a CPU, this share of the second;
+- ``grpc_core_pct``: gRPC core's own threads ran (``event_engine``, ``grpc_*``: they
+  read and write every call's frames, the calls refused past the pending bound
+  included), in percent of one core;
+- ``server_pct``: every thread of the server process ran, in percent of one core;
+- ``machine_busy_pct``: all cores' busy time in percent of all cores (the load client
+  on the same machine included).
+
+On the 2-core VM, riskwire's loop thread waited for a CPU 25-55% of each spike second
+against 2-8% in the steady phase, while gRPC core's threads went from ~10% to ~45% of
+a core and the co-located client from ~15% to ~55% (2026-11-29): the spike's latency
+is largely the loop waiting its turn on a machine with no core to spare.
+
+Linux only; where schedstat is missing (or the process is gone) the figures are None.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GRPC_CORE_THREADS = ("event_engine", "grpc_", "lifeguard", "default-executo", "resolver-execut")
+"""Name prefixes of the threads gRPC's C core starts in a Python process."""
+
+_PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class ThreadTimes:
+    name: str
+    ran_ns: int
+    waited_ns: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    t_ns: int
+    """``time.monotonic_ns()`` when taken (the load clients' clock)."""
+    threads: dict[int, ThreadTimes]
+    machine_busy_ns: int
+    machine_total_ns: int
+
+
+def read_threads(pid: int, proc: Path = _PROC) -> dict[int, ThreadTimes]:
+    """Every live thread of ``pid``: name, ns ran, ns waited on a run queue. Empty when
+    the process is gone or the kernel keeps no schedstat."""
+    out: dict[int, ThreadTimes] = {}
+    try:
+        tids = os.listdir(proc / str(pid) / "task")
+    except OSError:
+        return out
+    for tid in tids:
+        task = proc / str(pid) / "task" / tid
+        try:
+            name = (task / "comm").read_text().strip()
+            ran, waited, *_ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # ended between the listing and the read, or no schedstat
+        out[int(tid)] = ThreadTimes(name, int(ran), int(waited))
+    return out
+
+
+_TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+def read_machine(proc: Path = _PROC) -> tuple[int, int]:
+    """All CPUs' (busy, total) ns since boot from /proc/stat; (0, 0) where unreadable."""
+    try:
+        with open(proc / "stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0, 0
+    if not fields or fields[0] != "cpu":
+        return 0, 0
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy * _TICK_NS, (busy + idle + iowait) * _TICK_NS
+
+
+def take(pid: int, proc: Path = _PROC) -> Sample:
+    busy, total = read_machine(proc)
+    return Sample(time.monotonic_ns(), read_threads(pid, proc), busy, total)
+
+
+def is_grpc_core(name: str) -> bool:
+    return name.startswith(GRPC_CORE_THREADS)
+
+
+def per_second(
+    samples: Sequence[Sample], pid: int, t0_ns: int, seconds: int
+) -> list[dict[str, float | None] | None]:
+    """``seconds`` buckets from ``t0_ns``: each interval between two samples counts in
+    the bucket of its midpoint; None for a bucket no interval falls in.
+
+    A thread first seen in an interval counts from zero (it started then); one that
+    ended counts up to its last sample.
+    """
+    keys = ("wall", "loop_ran", "loop_waited", "core", "server")
+    sums = [dict.fromkeys(keys, 0) for _ in range(seconds)]
+    machine = [[0, 0] for _ in range(seconds)]
+    for before, after in itertools.pairwise(samples):
+        bucket = ((before.t_ns + after.t_ns) // 2 - t0_ns) // 1_000_000_000
+        if not 0 <= bucket < seconds:
+            continue
+        s = sums[bucket]
+        s["wall"] += after.t_ns - before.t_ns
+        for tid, now in after.threads.items():
+            was = before.threads.get(tid, ThreadTimes(now.name, 0, 0))
+            ran = now.ran_ns - was.ran_ns
+            s["server"] += ran
+            if tid == pid:
+                s["loop_ran"] += ran
+                s["loop_waited"] += now.waited_ns - was.waited_ns
+            elif is_grpc_core(now.name):
+                s["core"] += ran
+        machine[bucket][0] += after.machine_busy_ns - before.machine_busy_ns
+        machine[bucket][1] += after.machine_total_ns - before.machine_total_ns
+    out: list[dict[str, float | None] | None] = []
+    for s, (busy, total) in zip(sums, machine, strict=True):
+        wall = s["wall"]
+        if not wall:
+            out.append(None)
+            continue
+        out.append(
+            {
+                "loop_ran_pct": round(100 * s["loop_ran"] / wall, 1),
+                "loop_waited_pct": round(100 * s["loop_waited"] / wall, 1),
+                "grpc_core_pct": round(100 * s["core"] / wall, 1),
+                "server_pct": round(100 * s["server"] / wall, 1),
+                "machine_busy_pct": round(100 * busy / total, 1) if total > 0 else None,
+            }
+        )
+    return out
+
+
+def mean_of(rows: Sequence[dict[str, Any] | None]) -> dict[str, float | None] | None:
+    """Each figure's mean over the rows that have it (a phase from its seconds)."""
+    present = [r for r in rows if r]
+    if not present:
+        return None
+    keys = present[0].keys()
+    out = {}
+    for key in keys:
+        values = [r[key] for r in present if r.get(key) is not None]
+        out[key] = round(sum(values) / len(values), 1) if values else None
+    return out
+
+
+class CpuSampler:
+    """Samples ``pid``'s threads and the machine every ``interval_s`` on a thread of
+    its own, from ``start`` (or entering the ``with``) to ``stop``."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1, proc: Path = _PROC) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.samples: list[Sample] = []
+        self._proc = proc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    @property
+    def supported(self) -> bool:
+        """Whether the kernel gives this process's threads their schedstat."""
+        return bool(read_threads(self.pid, self._proc))
+
+    def start(self) -> CpuSampler:
+        self.samples.append(take(self.pid, self._proc))
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+    def __enter__(self) -> CpuSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(take(self.pid, self._proc))
+        self.samples.append(take(self.pid, self._proc))

@@ -1,0 +1,212 @@
+"""benchmarks.load.cpustat: a server's threads' CPU, cut into a run's seconds.
+
+The arithmetic runs on samples written by hand, so every share is known in advance;
+the readers run against this very process's /proc (Linux), with a thread that spins
+beside one that sleeps, and against a /proc laid out by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from benchmarks.load import ci, cpustat, spike
+from benchmarks.load.cpustat import Sample, ThreadTimes
+
+S = 1_000_000_000
+MS = 1_000_000
+PID = 100
+T0 = 50 * S
+
+
+def sample(
+    t_s: float,
+    loop: tuple[float, float],
+    core: float = 0.0,
+    other: float = 0.0,
+    machine: tuple[float, float] = (0.0, 0.0),
+    extra: dict[int, ThreadTimes] | None = None,
+) -> Sample:
+    """Cumulative figures at ``t_s`` after T0: the loop's (ran, waited) seconds, an
+    event_engine thread's and an audit writer's ran seconds, the machine's (busy,
+    total) seconds."""
+    threads = {
+        PID: ThreadTimes("riskwire", int(loop[0] * S), int(loop[1] * S)),
+        101: ThreadTimes("event_engine", int(core * S), 0),
+        102: ThreadTimes("audit-writer-0", int(other * S), 0),
+        **(extra or {}),
+    }
+    return Sample(T0 + int(t_s * S), threads, int(machine[0] * S), int(machine[1] * S))
+
+
+def test_each_second_gets_what_the_threads_did_in_it() -> None:
+    samples = [
+        sample(0.0, (0.0, 0.0)),
+        sample(0.5, (0.25, 0.0), core=0.05, machine=(0.5, 1.0)),
+        sample(1.0, (0.5, 0.05), core=0.1, machine=(1.0, 2.0)),
+        # Second 1: the loop runs half of it and waits 40%; gRPC core takes 40% of a
+        # core, the machine's two cores are 90% busy.
+        sample(2.0, (1.0, 0.45), core=0.5, other=0.1, machine=(2.8, 4.0)),
+    ]
+    first, second, third = cpustat.per_second(samples, PID, T0, 3)
+    assert first == {
+        "loop_ran_pct": 50.0,
+        "loop_waited_pct": 5.0,
+        "grpc_core_pct": 10.0,
+        "server_pct": 60.0,
+        "machine_busy_pct": 50.0,
+    }
+    assert second == {
+        "loop_ran_pct": 50.0,
+        "loop_waited_pct": 40.0,
+        "grpc_core_pct": 40.0,
+        "server_pct": 100.0,
+        "machine_busy_pct": 90.0,
+    }
+    assert third is None  # no interval falls in it
+
+
+def test_intervals_count_in_the_second_of_their_midpoint_and_outside_ones_not_at_all() -> None:
+    samples = [
+        sample(-0.6, (0.0, 0.0)),
+        sample(-0.1, (0.3, 0.0)),  # before the schedule: dropped
+        sample(0.3, (0.5, 0.0)),  # midpoint 0.1 s: second 0
+        sample(1.9, (1.3, 0.0)),  # midpoint 1.1 s: second 1, whole 1.6 s interval
+    ]
+    first, second = cpustat.per_second(samples, PID, T0, 2)
+    assert first is not None and first["loop_ran_pct"] == 50.0  # 0.2 s of 0.4 s
+    assert second is not None and second["loop_ran_pct"] == 50.0  # 0.8 s of 1.6 s
+
+
+def test_a_thread_that_starts_mid_run_counts_from_zero() -> None:
+    late = {103: ThreadTimes("grpc_global_tim", int(0.2 * S), 0)}
+    samples = [sample(0.0, (0.0, 0.0)), sample(1.0, (0.5, 0.0), extra=late)]
+    (only,) = cpustat.per_second(samples, PID, T0, 1)
+    assert only is not None
+    assert only["grpc_core_pct"] == 20.0
+    assert only["server_pct"] == 70.0
+
+
+def test_phase_means_skip_missing_seconds() -> None:
+    rows = [
+        {"loop_ran_pct": 50.0, "machine_busy_pct": None},
+        None,
+        {"loop_ran_pct": 70.0, "machine_busy_pct": 80.0},
+    ]
+    assert cpustat.mean_of(rows) == {"loop_ran_pct": 60.0, "machine_busy_pct": 80.0}
+    assert cpustat.mean_of([None, None]) is None
+
+
+def test_grpc_core_threads_are_told_apart() -> None:
+    assert cpustat.is_grpc_core("event_engine")
+    assert cpustat.is_grpc_core("grpc_global_tim")
+    assert not cpustat.is_grpc_core("audit-writer-0")
+    assert not cpustat.is_grpc_core("riskwire")
+
+
+def test_readers_parse_a_proc_laid_out_by_hand(tmp_path: Path) -> None:
+    task = tmp_path / "7" / "task"
+    for tid, name, stat in (("7", "riskwire", "300 40 9"), ("8", "event_engine", "50 5 2")):
+        (task / tid).mkdir(parents=True)
+        (task / tid / "comm").write_text(name + "\n")
+        (task / tid / "schedstat").write_text(stat + "\n")
+    (task / "9").mkdir()  # a thread that ended between the listing and the read
+    (tmp_path / "stat").write_text("cpu  10 1 4 80 5 2 3 0 0 0\ncpu0 5 0 2 40 2 1 1 0 0 0\n")
+    assert cpustat.read_threads(7, tmp_path) == {
+        7: ThreadTimes("riskwire", 300, 40),
+        8: ThreadTimes("event_engine", 50, 5),
+    }
+    tick = cpustat._TICK_NS
+    assert cpustat.read_machine(tmp_path) == (20 * tick, 105 * tick)
+    assert cpustat.read_threads(99, tmp_path) == {}
+    assert cpustat.read_machine(tmp_path / "absent") == (0, 0)
+
+
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(),
+    reason="needs Linux's per-thread schedstat",
+)
+def test_sampling_this_process_sees_the_spinning_thread_run() -> None:
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    def sleep() -> None:
+        stop.wait()
+
+    spinner = threading.Thread(target=spin)
+    sleeper = threading.Thread(target=sleep)
+    spinner.start()
+    sleeper.start()
+    try:
+        with cpustat.CpuSampler(os.getpid(), interval_s=0.02) as sampler:
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        spinner.join()
+        sleeper.join()
+    first, last = sampler.samples[0], sampler.samples[-1]
+    assert len(sampler.samples) >= 3
+    assert first.machine_total_ns > 0 and last.machine_busy_ns >= first.machine_busy_ns
+    ids = (spinner.native_id, sleeper.native_id)
+    assert all(i is not None and i in last.threads for i in ids)
+
+    def ran(tid: int | None) -> int:
+        assert tid is not None
+        was = first.threads.get(tid, ThreadTimes("", 0, 0))
+        return last.threads[tid].ran_ns - was.ran_ns
+
+    assert ran(spinner.native_id) > ran(sleeper.native_id)
+
+
+def test_the_report_and_the_verdict_carry_the_loops_figures() -> None:
+    phases = (
+        spike.Phase("steady", 1.0, (spike.Flow("normal", 10),)),
+        spike.Phase("spike", 1.0, (spike.Flow("normal", 100),)),
+    )
+    result = spike.RunResult(phases, spike_rows(), t0_ns=T0)
+    samples = [
+        sample(0.0, (0.0, 0.0)),
+        sample(1.0, (0.5, 0.05), core=0.1, machine=(1.0, 2.0)),
+        sample(2.0, (1.0, 0.45), core=0.5, machine=(2.8, 4.0)),
+    ]
+    rep = spike.report(
+        "spike", result, 20.0, 10.0, peak="spike", cpu=samples, server_pid=PID, client="native"
+    )
+    assert rep.cpu_measured
+    assert rep.seconds[1]["cpu"]["loop_waited_pct"] == 40.0
+    assert rep.phases[1]["cpu"]["grpc_core_pct"] == 40.0
+    text = spike.render_scenario(rep)
+    assert "| loop ran % | loop waited % | gRPC core % | machine busy % |" in text
+    assert "| 50 | 40 | 40 | 90 |" in text
+    assert "spike: ran 50%, waited 40%" in text
+    lines = ci.cpu_verdict(asdict(rep), asdict(rep))
+    assert lines == [
+        "- The event-loop thread in the spike, ready to run but waiting for a core another "
+        "thread or process held: riskwire's ran 50% and waited 40% (steady: 50% and 5%), "
+        "with gRPC core's threads at 40% of a core and the machine 90% busy; the floor's "
+        "ran 50% and waited 40% (steady: 50% and 5%), with gRPC core's threads at 40% of a "
+        "core and the machine 90% busy."
+    ]
+    # Without samples: no columns, no line, no verdict.
+    bare = spike.report("spike", result, 20.0, 10.0, peak="spike")
+    assert not bare.cpu_measured and "loop ran %" not in spike.render_scenario(bare)
+    assert ci.cpu_verdict(asdict(bare), asdict(rep)) == []
+
+
+def spike_rows() -> npt.NDArray[np.int64]:
+    """10 calls in the steady second, 100 in the spike's, every one a 1 ms model answer."""
+    model = spike.outcome_code("MODEL")
+    due = [100 * i for i in range(10)] + [1000 + 10 * i for i in range(100)]
+    return np.asarray(
+        [[d * MS, d * MS, (d + 1) * MS, model, 0, 1, 500] for d in due], dtype=np.int64
+    )
