@@ -172,6 +172,8 @@ class Server:
             self.telemetry,
             CallTracer(self.tracer_provider) if self.tracer_provider is not None else None,
         )
+        self.scoring = scoring
+        """The Scoring service's handlers (benchmarks/micro/handler.py calls them in-process)."""
         self._data_server.add_generic_rpc_handlers((scoring.handler(),))
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, lambda: self._ready), self._data_server

@@ -1,0 +1,187 @@
+"""The Score handler's cost per call in-process, with each recorder on and off.
+
+A real server (``gateway.server.Server``, the demo models, the spike's route, metrics,
+drift, the outcome store and the audit log in scratch directories) is started in a
+fresh process per run, and its Scoring service's ``Score`` handler is awaited
+directly with real request bytes, one call per event-loop step as calls arrive behind
+gRPC: no transport, no client. Per call:
+
+- `loop us/call`: wall time on the event-loop thread from the first call to the last,
+  divided by the calls: what the loop spends on a call beside gRPC's own cost (the
+  floor's, benchmarks/load/cpu_profile.py). It includes waiting for the GIL while the
+  recorders' threads hold it;
+- `process CPU us/call`: the process's CPU over the same calls, every thread: the
+  recorders' writer threads included.
+
+Variants (fresh process each, interleaved over ``--repeats``; medians quoted):
+``all on`` (as ``riskwire serve`` runs), one recorder off at a time (``audit``,
+``outcomes``, ``drift``, ``metrics``), and ``all off``.
+
+Run from the repository root::
+
+    python -m benchmarks.micro.handler --models var/models     # ~1-2 minutes
+
+Writes benchmarks/results/micro-handler-latest.json (machine, configuration, results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from benchmarks.load.machine import REPO_ROOT, write_report
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "micro-handler-latest.json"
+ROUTES = REPO_ROOT / "benchmarks" / "load" / "routes" / "spike.yaml"
+OFF = {
+    "audit": {"audit.enabled": False},
+    "outcomes": {"outcomes.enabled": False},
+    "drift": {"drift.enabled": False},
+    "metrics": {"metrics.record": False},
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "all on": {},
+    **{f"{name} off": overrides for name, overrides in OFF.items()},
+    "all off": {k: v for overrides in OFF.values() for k, v in overrides.items()},
+}
+
+
+class _Context:
+    """What the Score handler reads of a gRPC ServicerContext on the answered path."""
+
+    def time_remaining(self) -> float:
+        return 1.0
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+async def measure(
+    models: Path, overrides: dict[str, Any], calls: int, warmup: int
+) -> dict[str, Any]:
+    """One variant in this process: loop and process time per Score call."""
+    from benchmarks.load.loadgen import build_pool
+    from gateway.server import Server
+    from gateway.settings import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="riskwire-handler-") as tmp:
+        scratch = Path(tmp)
+        settings = load_settings(
+            None,
+            **{
+                "grpc.port": 0,
+                "admin.port": 0,
+                "metrics.port": 0,
+                "models.repository": models,
+                "routes_file": ROUTES,
+                "state_dir": scratch / "state",
+                "audit.directory": scratch / "audit",
+                "audit.key_file": scratch / "audit.key",
+                **overrides,
+            },
+        )
+        server = Server(settings)
+        await server.start()
+        try:
+            score = server.scoring.Score
+            payloads = build_pool("score", 7, 512, 1).payloads
+            context: Any = _Context()
+            for i in range(warmup):
+                await score(payloads[i % len(payloads)], context)
+                await asyncio.sleep(0)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i in range(calls):
+                await score(payloads[i % len(payloads)], context)
+                # The next call on a step of its own, as behind the gRPC server.
+                await asyncio.sleep(0)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        finally:
+            await server.stop(0)
+    return {
+        "loop_us_per_call": round(wall / calls * 1e6, 1),
+        "process_cpu_us_per_call": round(cpu / calls * 1e6, 1),
+    }
+
+
+def run_variant(models: Path, name: str, calls: int, warmup: int) -> dict[str, Any]:
+    """``name`` measured in a fresh interpreter (no state carried between variants)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.micro.handler",
+            "--models",
+            str(models),
+            "--calls",
+            str(calls),
+            "--warmup",
+            str(warmup),
+            "--one",
+            name,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--models", type=Path, default=REPO_ROOT / "var" / "models")
+    parser.add_argument("--calls", type=int, default=3000, help="timed calls per run")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    models = args.models.resolve()
+    if args.one is not None:
+        one = uvloop.run(measure(models, VARIANTS[args.one], args.calls, args.warmup))
+        print(json.dumps(one))
+        return
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.variants}
+    for repeat in range(args.repeats):
+        for name in args.variants:
+            runs[name].append(run_variant(models, name, args.calls, args.warmup))
+            print(f"repeat {repeat + 1}, {name}: {runs[name][-1]}", flush=True)
+    results = []
+    print(f"\n{'variant':<14}{'loop us/call':>14}{'process CPU us/call':>21}   (medians)")
+    for name, figures in runs.items():
+        row = {
+            "variant": name,
+            "overrides": VARIANTS[name],
+            "loop_us_per_call": statistics.median(r["loop_us_per_call"] for r in figures),
+            "process_cpu_us_per_call": statistics.median(
+                r["process_cpu_us_per_call"] for r in figures
+            ),
+            "runs": figures,
+        }
+        results.append(row)
+        print(f"{name:<14}{row['loop_us_per_call']:>14.1f}{row['process_cpu_us_per_call']:>21.1f}")
+    config = {
+        "calls": args.calls,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "models": str(args.models),
+        "routes": str(ROUTES.relative_to(REPO_ROOT)),
+    }
+    write_report(RESULTS, "handler", config, results)
+
+
+if __name__ == "__main__":
+    main()
