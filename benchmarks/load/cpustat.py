@@ -105,18 +105,26 @@ def is_grpc_core(name: str) -> bool:
 def per_second(
     samples: Sequence[Sample], pid: int, t0_ns: int, seconds: int
 ) -> list[dict[str, float | None] | None]:
-    """``seconds`` buckets from ``t0_ns``: each interval between two samples counts in
-    the bucket of its midpoint; None for a bucket no interval falls in.
+    """``seconds`` one-second buckets from ``t0_ns`` (see :func:`per_bucket`)."""
+    return per_bucket(samples, pid, t0_ns, seconds, 1_000_000_000)
+
+
+def per_bucket(
+    samples: Sequence[Sample], pid: int, start_ns: int, buckets: int, bucket_ns: int
+) -> list[dict[str, float | None] | None]:
+    """``buckets`` buckets of ``bucket_ns`` from ``start_ns``: each interval between two
+    samples counts in the bucket of its midpoint; None for a bucket no interval falls
+    in (buckets shorter than the sampling interval leave some empty).
 
     A thread first seen in an interval counts from zero (it started then); one that
     ended counts up to its last sample.
     """
     keys = ("wall", "loop_ran", "loop_waited", "core", "server")
-    sums = [dict.fromkeys(keys, 0) for _ in range(seconds)]
-    machine = [[0, 0] for _ in range(seconds)]
+    sums = [dict.fromkeys(keys, 0) for _ in range(buckets)]
+    machine = [[0, 0] for _ in range(buckets)]
     for before, after in itertools.pairwise(samples):
-        bucket = ((before.t_ns + after.t_ns) // 2 - t0_ns) // 1_000_000_000
-        if not 0 <= bucket < seconds:
+        bucket = ((before.t_ns + after.t_ns) // 2 - start_ns) // bucket_ns
+        if not 0 <= bucket < buckets:
             continue
         s = sums[bucket]
         s["wall"] += after.t_ns - before.t_ns
@@ -166,7 +174,7 @@ class CpuSampler:
     """Samples ``pid``'s threads and the machine every ``interval_s`` on a thread of
     its own, from ``start`` (or entering the ``with``) to ``stop``."""
 
-    def __init__(self, pid: int, interval_s: float = 0.1, proc: Path = _PROC) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.05, proc: Path = _PROC) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.samples: list[Sample] = []

@@ -822,6 +822,8 @@ class ScenarioReport:
     cpu_measured: bool = False
     """Whether the server's threads were sampled (cpustat): each second and phase then
     has ``cpu``, None where no sample fell in it."""
+    onset: list[dict[str, Any]] = field(default_factory=list)
+    """The peak's start in ONSET_BUCKET_S buckets (see :func:`onset`)."""
 
 
 def report(
@@ -841,6 +843,7 @@ def report(
     phases = per_phase(result.rows, result.phases)
     seconds = per_bucket(result.rows, result.phases, 1.0)
     cpu_measured = bool(cpu) and server_pid is not None
+    start = onset(result.rows, result.phases, peak, cpu, server_pid, result.t0_ns)
     if cpu and server_pid is not None:
         by_second = cpustat.per_second(cpu, server_pid, result.t0_ns, len(seconds))
         for row, figures in zip(seconds, by_second, strict=True):
@@ -883,7 +886,49 @@ def report(
         error_examples=dict(sorted(result.error_examples.items())),
         client=client,
         cpu_measured=cpu_measured,
+        onset=start,
     )
+
+
+ONSET_BUCKET_S = 0.1
+ONSET_WINDOW_S = (0.5, 1.0)
+"""The onset table's buckets, and how long before and after the peak's start it spans."""
+
+
+def onset(
+    rows: npt.NDArray[np.int64],
+    phases: Sequence[Phase],
+    peak: str,
+    cpu: Sequence[cpustat.Sample] | None = None,
+    server_pid: int | None = None,
+    t0_ns: int = 0,
+) -> list[dict[str, Any]]:
+    """The calls due around the ``peak`` phase's start, in ONSET_BUCKET_S buckets:
+    a first second that goes wrong does so within a few of them (and a one-second
+    row hides how). Each bucket as :func:`outcome_counts` gives it, ``t_s`` from the
+    run's start, and ``cpu`` (cpustat) when the server was sampled."""
+    bounds = dict(zip((p.name for p in phases), phase_bounds(phases), strict=True))
+    start_s = bounds[peak][0]
+    before, after = ONSET_WINDOW_S
+    first = max(0.0, start_s - before)
+    n = round((start_s + after - first) / ONSET_BUCKET_S)
+    sampled = bool(cpu) and server_pid is not None
+    figures: list[dict[str, float | None] | None] = [None] * n
+    if cpu and server_pid is not None:
+        bucket_ns = int(ONSET_BUCKET_S * 1e9)
+        figures = cpustat.per_bucket(cpu, server_pid, t0_ns + int(first * 1e9), n, bucket_ns)
+    out = []
+    for b in range(n):
+        lo = round(first + b * ONSET_BUCKET_S, 6)
+        row = {
+            "t_s": lo,
+            "phase": _phase_at(phases, lo),
+            **outcome_counts(_window(rows, lo, lo + ONSET_BUCKET_S)),
+        }
+        if sampled:
+            row["cpu"] = figures[b]
+        out.append(row)
+    return out
 
 
 def _f(v: float | None, digits: int = 0) -> str:
@@ -982,8 +1027,37 @@ def render_scenario(r: ScenarioReport) -> str:
             f"| {_f(s['max_send_lag_ms'], 1)} |"
             + ("".join(f" {_f(cpu.get(k))} |" for k in CPU_COLUMNS) if r.cpu_measured else "")
         )
+    lines += onset_table(r)
     lines.append("")
     return "\n".join(lines)
+
+
+def onset_table(r: ScenarioReport) -> list[str]:
+    """Markdown: the peak's start in 100 ms buckets (:func:`onset`)."""
+    if not r.onset:
+        return []
+    cpu_head = (
+        " loop ran % | loop waited % | gRPC core % | machine busy % |" if r.cpu_measured else ""
+    )
+    lines = [
+        "",
+        f"The {r.phases[1]['phase']}'s start, {ONSET_BUCKET_S * 1000:g} ms buckets (the "
+        "calls due in each; latencies from sending):",
+        "",
+        "| t s | phase | intended | answered | refused | p50 ms | p99 ms | refused p99 ms "
+        "| send lag ms |" + cpu_head,
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|" + "--:|" * (4 if r.cpu_measured else 0),
+    ]
+    for b in r.onset:
+        cpu = b.get("cpu") or {}
+        lines.append(
+            f"| {b['t_s']:g} | {b['phase']} | {b['intended']:,} "
+            f"| {b['model'] + b['fallback']:,} | {b['refused']:,} | {_f(b['p50_ms'], 1)} "
+            f"| {_f(b['p99_ms'], 1)} | {_f(b['refused_p99_ms'], 1)} "
+            f"| {_f(b['max_send_lag_ms'], 1)} |"
+            + ("".join(f" {_f(cpu.get(k))} |" for k in CPU_COLUMNS) if r.cpu_measured else "")
+        )
+    return lines
 
 
 CPU_COLUMNS = ("loop_ran_pct", "loop_waited_pct", "grpc_core_pct", "machine_busy_pct")

@@ -197,6 +197,16 @@ def test_the_report_and_the_verdict_carry_the_loops_figures() -> None:
         "ran 50% and waited 40% (steady: 50% and 5%), with gRPC core's threads at 40% of a "
         "core and the machine 90% busy."
     ]
+    # The spike's start in 100 ms buckets, from 0.5 s before it to 1 s after.
+    assert [b["t_s"] for b in rep.onset] == [round(0.5 + 0.1 * i, 6) for i in range(15)]
+    assert [b["phase"] for b in rep.onset[4:6]] == ["steady", "spike"]
+    assert [b["intended"] for b in rep.onset[4:6]] == [1, 10]
+    # One-second samples: only the buckets holding an interval's midpoint have figures.
+    assert rep.onset[0]["cpu"]["loop_waited_pct"] == 5.0
+    assert rep.onset[10]["cpu"]["loop_waited_pct"] == 40.0
+    assert rep.onset[1]["cpu"] is None
+    assert "The spike's start, 100 ms buckets" in text
+    assert "| 1 | spike | 10 | 10 | 0 | 1.0 | 1.0 | - | 0.0 | - | - | - | - |" in text
     # Without samples: no columns, no line, no verdict.
     bare = spike.report("spike", result, 20.0, 10.0, peak="spike")
     assert not bare.cpu_measured and "loop ran %" not in spike.render_scenario(bare)
