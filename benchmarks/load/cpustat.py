@@ -14,7 +14,10 @@ the whole machine, each second gets:
   included), in percent of one core;
 - ``server_pct``: every thread of the server process ran, in percent of one core;
 - ``machine_busy_pct``: all cores' busy time in percent of all cores (the load client
-  on the same machine included).
+  on the same machine included);
+- ``client_ran_pct`` / ``client_waited_pct``: the load client on this machine (this
+  process's children other than the server: the native client, or the Python client's
+  processes), every thread, in percent of one core.
 
 On the 2-core VM, riskwire's loop thread waited for a CPU 25-55% of each spike second
 against 2-8% in the steady phase, while gRPC core's threads went from ~10% to ~45% of
@@ -31,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,8 @@ class Sample:
     threads: dict[int, ThreadTimes]
     machine_busy_ns: int
     machine_total_ns: int
+    clients: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Each client process's (ns ran, ns waited), summed over its threads."""
 
 
 def read_threads(pid: int, proc: Path = _PROC) -> dict[int, ThreadTimes]:
@@ -93,9 +98,37 @@ def read_machine(proc: Path = _PROC) -> tuple[int, int]:
     return busy * _TICK_NS, (busy + idle + iowait) * _TICK_NS
 
 
-def take(pid: int, proc: Path = _PROC) -> Sample:
+def children(proc: Path = _PROC, pid: int | None = None) -> list[int]:
+    """The child processes of ``pid`` (default: this process), from every thread's
+    ``children`` file; empty where the kernel does not list them."""
+    pid = os.getpid() if pid is None else pid
+    out: list[int] = []
+    try:
+        tids = os.listdir(proc / str(pid) / "task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out += [
+                int(c) for c in (proc / str(pid) / "task" / tid / "children").read_text().split()
+            ]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def process_times(pid: int, proc: Path = _PROC) -> tuple[int, int] | None:
+    """``pid``'s (ns ran, ns waited), summed over its threads; None once it is gone."""
+    threads = read_threads(pid, proc)
+    if not threads:
+        return None
+    return sum(t.ran_ns for t in threads.values()), sum(t.waited_ns for t in threads.values())
+
+
+def take(pid: int, proc: Path = _PROC, clients: Sequence[int] = ()) -> Sample:
     busy, total = read_machine(proc)
-    return Sample(time.monotonic_ns(), read_threads(pid, proc), busy, total)
+    times = {c: t for c in clients if (t := process_times(c, proc)) is not None}
+    return Sample(time.monotonic_ns(), read_threads(pid, proc), busy, total, times)
 
 
 def is_grpc_core(name: str) -> bool:
@@ -119,7 +152,7 @@ def per_bucket(
     A thread first seen in an interval counts from zero (it started then); one that
     ended counts up to its last sample.
     """
-    keys = ("wall", "loop_ran", "loop_waited", "core", "server")
+    keys = ("wall", "loop_ran", "loop_waited", "core", "server", "client_ran", "client_waited")
     sums = [dict.fromkeys(keys, 0) for _ in range(buckets)]
     machine = [[0, 0] for _ in range(buckets)]
     for before, after in itertools.pairwise(samples):
@@ -137,6 +170,10 @@ def per_bucket(
                 s["loop_waited"] += now.waited_ns - was.waited_ns
             elif is_grpc_core(now.name):
                 s["core"] += ran
+        for client, (ran, waited) in after.clients.items():
+            was_ran, was_waited = before.clients.get(client, (0, 0))
+            s["client_ran"] += ran - was_ran
+            s["client_waited"] += waited - was_waited
         machine[bucket][0] += after.machine_busy_ns - before.machine_busy_ns
         machine[bucket][1] += after.machine_total_ns - before.machine_total_ns
     out: list[dict[str, float | None] | None] = []
@@ -152,6 +189,8 @@ def per_bucket(
                 "grpc_core_pct": round(100 * s["core"] / wall, 1),
                 "server_pct": round(100 * s["server"] / wall, 1),
                 "machine_busy_pct": round(100 * busy / total, 1) if total > 0 else None,
+                "client_ran_pct": round(100 * s["client_ran"] / wall, 1),
+                "client_waited_pct": round(100 * s["client_waited"] / wall, 1),
             }
         )
     return out
@@ -171,8 +210,9 @@ def mean_of(rows: Sequence[dict[str, Any] | None]) -> dict[str, float | None] | 
 
 
 class CpuSampler:
-    """Samples ``pid``'s threads and the machine every ``interval_s`` on a thread of
-    its own, from ``start`` (or entering the ``with``) to ``stop``."""
+    """Samples ``pid``'s threads, the machine and the load client (this process's other
+    children) every ``interval_s`` on a thread of its own, from ``start`` (or entering
+    the ``with``) to ``stop``."""
 
     def __init__(self, pid: int, interval_s: float = 0.05, proc: Path = _PROC) -> None:
         self.pid = pid
@@ -187,8 +227,12 @@ class CpuSampler:
         """Whether the kernel gives this process's threads their schedstat."""
         return bool(read_threads(self.pid, self._proc))
 
+    def _take(self) -> Sample:
+        clients = [c for c in children(self._proc) if c != self.pid]
+        return take(self.pid, self._proc, clients)
+
     def start(self) -> CpuSampler:
-        self.samples.append(take(self.pid, self._proc))
+        self.samples.append(self._take())
         self._thread.start()
         return self
 
@@ -205,5 +249,5 @@ class CpuSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.samples.append(take(self.pid, self._proc))
-        self.samples.append(take(self.pid, self._proc))
+            self.samples.append(self._take())
+        self.samples.append(self._take())

@@ -1008,14 +1008,13 @@ def render_scenario(r: ScenarioReport) -> str:
                     f"- {p['phase']}, {pool}: model decisions {figures['model_decisions']}, "
                     f"fallback {figures['fallback']}, errors {figures['errors']}"
                 )
-    cpu_head = (
-        " loop ran % | loop waited % | gRPC core % | machine busy % |" if r.cpu_measured else ""
-    )
+    cpu_head = CPU_HEAD if r.cpu_measured else ""
     lines += [
         "",
         "| t s | phase | intended | offered | model | fallback | errors | refused | p50 ms "
         "| p99 ms | server p99 ms | send lag ms |" + cpu_head,
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" + "--:|" * (4 if r.cpu_measured else 0),
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        + "--:|" * (len(CPU_COLUMNS) if r.cpu_measured else 0),
     ]
     for s in r.seconds:
         cpu = s.get("cpu") or {}
@@ -1036,9 +1035,7 @@ def onset_table(r: ScenarioReport) -> list[str]:
     """Markdown: the peak's start in 100 ms buckets (:func:`onset`)."""
     if not r.onset:
         return []
-    cpu_head = (
-        " loop ran % | loop waited % | gRPC core % | machine busy % |" if r.cpu_measured else ""
-    )
+    cpu_head = CPU_HEAD if r.cpu_measured else ""
     lines = [
         "",
         f"The {r.phases[1]['phase']}'s start, {ONSET_BUCKET_S * 1000:g} ms buckets (the "
@@ -1046,7 +1043,8 @@ def onset_table(r: ScenarioReport) -> list[str]:
         "",
         "| t s | phase | intended | answered | refused | p50 ms | p99 ms | refused p99 ms "
         "| send lag ms |" + cpu_head,
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|" + "--:|" * (4 if r.cpu_measured else 0),
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|"
+        + "--:|" * (len(CPU_COLUMNS) if r.cpu_measured else 0),
     ]
     for b in r.onset:
         cpu = b.get("cpu") or {}
@@ -1060,8 +1058,18 @@ def onset_table(r: ScenarioReport) -> list[str]:
     return lines
 
 
-CPU_COLUMNS = ("loop_ran_pct", "loop_waited_pct", "grpc_core_pct", "machine_busy_pct")
-"""The per-second table's CPU columns (cpustat.per_second's figures)."""
+CPU_COLUMNS = (
+    "loop_ran_pct",
+    "loop_waited_pct",
+    "grpc_core_pct",
+    "machine_busy_pct",
+    "client_ran_pct",
+    "client_waited_pct",
+)
+"""The per-second and onset tables' CPU columns (cpustat.per_bucket's figures)."""
+CPU_HEAD = (
+    " loop ran % | loop waited % | gRPC core % | machine busy % | client ran % | client waited % |"
+)
 
 
 def cpu_lines(r: ScenarioReport) -> list[str]:
@@ -1077,7 +1085,8 @@ def cpu_lines(r: ScenarioReport) -> list[str]:
                 f"{p['phase']}: ran {_f(cpu['loop_ran_pct'])}%, "
                 f"waited {_f(cpu['loop_waited_pct'])}%"
                 f" (gRPC core's threads {_f(cpu['grpc_core_pct'])}% of a core, the machine "
-                f"{_f(cpu['machine_busy_pct'])}% busy)"
+                f"{_f(cpu['machine_busy_pct'])}% busy, the load client ran "
+                f"{_f(cpu.get('client_ran_pct'))}% and waited {_f(cpu.get('client_waited_pct'))}%)"
             )
     return [
         "- the server's event-loop thread ran, and waited for a CPU (runnable, another "

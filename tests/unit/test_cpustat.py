@@ -33,27 +33,29 @@ def sample(
     other: float = 0.0,
     machine: tuple[float, float] = (0.0, 0.0),
     extra: dict[int, ThreadTimes] | None = None,
+    client: tuple[float, float] | None = None,
 ) -> Sample:
     """Cumulative figures at ``t_s`` after T0: the loop's (ran, waited) seconds, an
     event_engine thread's and an audit writer's ran seconds, the machine's (busy,
-    total) seconds."""
+    total) seconds, a client process's (ran, waited) seconds."""
     threads = {
         PID: ThreadTimes("riskwire", int(loop[0] * S), int(loop[1] * S)),
         101: ThreadTimes("event_engine", int(core * S), 0),
         102: ThreadTimes("audit-writer-0", int(other * S), 0),
         **(extra or {}),
     }
-    return Sample(T0 + int(t_s * S), threads, int(machine[0] * S), int(machine[1] * S))
+    clients = {} if client is None else {200: (int(client[0] * S), int(client[1] * S))}
+    return Sample(T0 + int(t_s * S), threads, int(machine[0] * S), int(machine[1] * S), clients)
 
 
 def test_each_second_gets_what_the_threads_did_in_it() -> None:
     samples = [
         sample(0.0, (0.0, 0.0)),
         sample(0.5, (0.25, 0.0), core=0.05, machine=(0.5, 1.0)),
-        sample(1.0, (0.5, 0.05), core=0.1, machine=(1.0, 2.0)),
+        sample(1.0, (0.5, 0.05), core=0.1, machine=(1.0, 2.0), client=(0.2, 0.1)),
         # Second 1: the loop runs half of it and waits 40%; gRPC core takes 40% of a
-        # core, the machine's two cores are 90% busy.
-        sample(2.0, (1.0, 0.45), core=0.5, other=0.1, machine=(2.8, 4.0)),
+        # core, the machine's two cores are 90% busy, the client waits 50% of it.
+        sample(2.0, (1.0, 0.45), core=0.5, other=0.1, machine=(2.8, 4.0), client=(0.8, 0.6)),
     ]
     first, second, third = cpustat.per_second(samples, PID, T0, 3)
     assert first == {
@@ -62,6 +64,9 @@ def test_each_second_gets_what_the_threads_did_in_it() -> None:
         "grpc_core_pct": 10.0,
         "server_pct": 60.0,
         "machine_busy_pct": 50.0,
+        # First seen in the second half: counted from zero.
+        "client_ran_pct": 20.0,
+        "client_waited_pct": 10.0,
     }
     assert second == {
         "loop_ran_pct": 50.0,
@@ -69,6 +74,8 @@ def test_each_second_gets_what_the_threads_did_in_it() -> None:
         "grpc_core_pct": 40.0,
         "server_pct": 100.0,
         "machine_busy_pct": 90.0,
+        "client_ran_pct": 60.0,
+        "client_waited_pct": 50.0,
     }
     assert third is None  # no interval falls in it
 
@@ -126,6 +133,11 @@ def test_readers_parse_a_proc_laid_out_by_hand(tmp_path: Path) -> None:
     tick = cpustat._TICK_NS
     assert cpustat.read_machine(tmp_path) == (20 * tick, 105 * tick)
     assert cpustat.read_threads(99, tmp_path) == {}
+    assert cpustat.process_times(7, tmp_path) == (350, 45)
+    assert cpustat.process_times(99, tmp_path) is None
+    (task / "7" / "children").write_text("31 32 \n")
+    (task / "8" / "children").write_text("")
+    assert sorted(cpustat.children(tmp_path, 7)) == [31, 32]
     assert cpustat.read_machine(tmp_path / "absent") == (0, 0)
 
 
@@ -220,3 +232,30 @@ def spike_rows() -> npt.NDArray[np.int64]:
     return np.asarray(
         [[d * MS, d * MS, (d + 1) * MS, model, 0, 1, 500] for d in due], dtype=np.int64
     )
+
+
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{threading.get_native_id()}/children").exists(),
+    reason="needs Linux's /proc/<pid>/task/<tid>/children",
+)
+def test_the_sampler_counts_child_processes_as_the_client() -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.time() + 0.4\nwhile time.time() < end: pass",
+        ]
+    )
+    try:
+        assert child.pid in cpustat.children()
+        with cpustat.CpuSampler(os.getpid(), interval_s=0.02) as sampler:
+            time.sleep(0.25)
+    finally:
+        child.wait()
+    assert any(child.pid in s.clients for s in sampler.samples)
+    first = next(s for s in sampler.samples if child.pid in s.clients)
+    last = [s for s in sampler.samples if child.pid in s.clients][-1]
+    assert last.clients[child.pid][0] > first.clients[child.pid][0]  # it spun meanwhile
