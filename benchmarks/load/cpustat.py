@@ -19,10 +19,11 @@ the whole machine, each second gets:
   process's children other than the server: the native client, or the Python client's
   processes), every thread, in percent of one core.
 
-On the 2-core VM, riskwire's loop thread waited for a CPU 25-55% of each spike second
-against 2-8% in the steady phase, while gRPC core's threads went from ~10% to ~45% of
-a core and the co-located client from ~15% to ~55% (2026-11-29): the spike's latency
-is largely the loop waiting its turn on a machine with no core to spare.
+On the 2-core VM, riskwire's loop thread waited for a CPU 30-40% of each spike second
+against 4-8% in the steady phase, while gRPC core's threads went from ~8% to ~42% of
+a core and the co-located client from ~15% to 50-70% (2026-11-29): the spike's latency
+is largely the loop waiting its turn on a machine with no core to spare
+(benchmarks/README.md, "Spikes").
 
 Linux only; where schedstat is missing (or the process is gone) the figures are None.
 """
