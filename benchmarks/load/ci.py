@@ -712,10 +712,35 @@ def cpu_verdict(product: Mapping[str, Any], control: Mapping[str, Any]) -> list[
             f"{_g(peak['grpc_core_pct'])}% of a core and the machine "
             f"{_g(peak['machine_busy_pct'])}% busy"
         )
-    return [
+    lines = [
         "- The event-loop thread in the spike, ready to run but waiting for a core another "
         "thread or process held: " + "; ".join(figures) + "."
     ]
+    for name, rep in (("riskwire", product), ("the floor", control)):
+        worst = worst_onset_bucket(rep)
+        if worst is not None:
+            cpu = worst["cpu"]
+            lines.append(
+                f"- {name}'s worst 100 ms at the spike's start (t = {worst['t_s']:g} s): p99 "
+                f"{_g(worst['p99_ms'])} ms, refusals' p99 {_g(worst['refused_p99_ms'])} ms; the "
+                f"loop ran {_g(cpu['loop_ran_pct'])}% and waited {_g(cpu['loop_waited_pct'])}%, "
+                f"the load client ran {_g(cpu.get('client_ran_pct'))}% of a core and waited "
+                f"{_g(cpu.get('client_waited_pct'))}%, the machine {_g(cpu['machine_busy_pct'])}% "
+                "busy."
+            )
+    return lines
+
+
+def worst_onset_bucket(rep: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The onset bucket (spike.onset) of the peak with the highest answered p99 and
+    CPU figures; None without either."""
+    peak = rep["phases"][1]["phase"] if len(rep["phases"]) > 1 else None
+    candidates = [
+        b
+        for b in rep.get("onset", [])
+        if b["phase"] == peak and b.get("cpu") and b["p99_ms"] is not None
+    ]
+    return max(candidates, key=lambda b: b["p99_ms"], default=None)
 
 
 def _document(

@@ -202,12 +202,19 @@ def test_the_report_and_the_verdict_carry_the_loops_figures() -> None:
     assert "| 50 | 40 | 40 | 90 |" in text
     assert "spike: ran 50%, waited 40%" in text
     lines = ci.cpu_verdict(asdict(rep), asdict(rep))
-    assert lines == [
+    assert lines[:1] == [
         "- The event-loop thread in the spike, ready to run but waiting for a core another "
         "thread or process held: riskwire's ran 50% and waited 40% (steady: 50% and 5%), "
         "with gRPC core's threads at 40% of a core and the machine 90% busy; the floor's "
         "ran 50% and waited 40% (steady: 50% and 5%), with gRPC core's threads at 40% of a "
         "core and the machine 90% busy."
+    ]
+    # Then each server's worst 100 ms at the spike's start that has CPU figures.
+    assert lines[1:] == [
+        f"- {name}'s worst 100 ms at the spike's start (t = 1.5 s): p99 1 ms, refusals' "
+        "p99 - ms; the loop ran 50% and waited 40%, the load client ran 0% of a core and "
+        "waited 0%, the machine 90% busy."
+        for name in ("riskwire", "the floor")
     ]
     # The spike's start in 100 ms buckets, from 0.5 s before it to 1 s after.
     assert [b["t_s"] for b in rep.onset] == [round(0.5 + 0.1 * i, 6) for i in range(15)]
