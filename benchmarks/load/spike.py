@@ -53,7 +53,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
@@ -1008,23 +1008,20 @@ def render_scenario(r: ScenarioReport) -> str:
                     f"- {p['phase']}, {pool}: model decisions {figures['model_decisions']}, "
                     f"fallback {figures['fallback']}, errors {figures['errors']}"
                 )
-    cpu_head = CPU_HEAD if r.cpu_measured else ""
+    head, rule = _cpu_header(r)
     lines += [
         "",
         "| t s | phase | intended | offered | model | fallback | errors | refused | p50 ms "
-        "| p99 ms | server p99 ms | send lag ms |" + cpu_head,
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-        + "--:|" * (len(CPU_COLUMNS) if r.cpu_measured else 0),
+        "| p99 ms | server p99 ms | send lag ms |" + head,
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|" + rule,
     ]
     for s in r.seconds:
-        cpu = s.get("cpu") or {}
         lines.append(
             f"| {s['t_s']:g} | {s['phase']} | {s['intended']:,} | {s['offered']:,} "
             f"| {s['model']:,} | {s['fallback']:,} | {s['errors']:,} | {s['refused']:,} "
             f"| {_f(s['p50_ms'], 2)} "
             f"| {_f(s['p99_ms'], 2)} | {_f(s['server_p99_ms'], 2)} "
-            f"| {_f(s['max_send_lag_ms'], 1)} |"
-            + ("".join(f" {_f(cpu.get(k))} |" for k in CPU_COLUMNS) if r.cpu_measured else "")
+            f"| {_f(s['max_send_lag_ms'], 1)} |" + _cpu_cells(r, s)
         )
     lines += onset_table(r)
     lines.append("")
@@ -1035,27 +1032,39 @@ def onset_table(r: ScenarioReport) -> list[str]:
     """Markdown: the peak's start in 100 ms buckets (:func:`onset`)."""
     if not r.onset:
         return []
-    cpu_head = CPU_HEAD if r.cpu_measured else ""
+    head, rule = _cpu_header(r)
     lines = [
         "",
         f"The {r.phases[1]['phase']}'s start, {ONSET_BUCKET_S * 1000:g} ms buckets (the "
         "calls due in each; latencies from sending):",
         "",
         "| t s | phase | intended | answered | refused | p50 ms | p99 ms | refused p99 ms "
-        "| send lag ms |" + cpu_head,
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|"
-        + "--:|" * (len(CPU_COLUMNS) if r.cpu_measured else 0),
+        "| send lag ms |" + head,
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|" + rule,
     ]
     for b in r.onset:
-        cpu = b.get("cpu") or {}
         lines.append(
             f"| {b['t_s']:g} | {b['phase']} | {b['intended']:,} "
             f"| {b['model'] + b['fallback']:,} | {b['refused']:,} | {_f(b['p50_ms'], 1)} "
             f"| {_f(b['p99_ms'], 1)} | {_f(b['refused_p99_ms'], 1)} "
-            f"| {_f(b['max_send_lag_ms'], 1)} |"
-            + ("".join(f" {_f(cpu.get(k))} |" for k in CPU_COLUMNS) if r.cpu_measured else "")
+            f"| {_f(b['max_send_lag_ms'], 1)} |" + _cpu_cells(r, b)
         )
     return lines
+
+
+def _cpu_header(r: ScenarioReport) -> tuple[str, str]:
+    """The CPU columns' header cells and rule cells, empty when not sampled."""
+    if not r.cpu_measured:
+        return "", ""
+    return CPU_HEAD, "--:|" * len(CPU_COLUMNS)
+
+
+def _cpu_cells(r: ScenarioReport, row: Mapping[str, Any]) -> str:
+    """A table row's CPU cells (``row["cpu"]``, dashes where missing)."""
+    if not r.cpu_measured:
+        return ""
+    cpu = row.get("cpu") or {}
+    return "".join(f" {_f(cpu.get(k))} |" for k in CPU_COLUMNS)
 
 
 CPU_COLUMNS = (
