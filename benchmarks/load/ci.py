@@ -692,6 +692,10 @@ def _g(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 def cpu_verdict(product: Mapping[str, Any], control: Mapping[str, Any]) -> list[str]:
     """Whether the event-loop thread had a core in the spike (spike.cpu_lines' figures):
     waiting for one is the machine's share of the latency, not the work per call."""
@@ -722,7 +726,7 @@ def cpu_verdict(product: Mapping[str, Any], control: Mapping[str, Any]) -> list[
             cpu = worst["cpu"]
             lines.append(
                 f"- {name}'s worst 100 ms at the spike's start (t = {worst['t_s']:g} s): p99 "
-                f"{_g(worst['p99_ms'])} ms, refusals' p99 {_g(worst['refused_p99_ms'])} ms; the "
+                f"{_ms(worst['p99_ms'])} ms, refusals' p99 {_ms(worst['refused_p99_ms'])} ms; the "
                 f"loop ran {_g(cpu['loop_ran_pct'])}% and waited {_g(cpu['loop_waited_pct'])}%, "
                 f"the load client ran {_g(cpu.get('client_ran_pct'))}% of a core and waited "
                 f"{_g(cpu.get('client_waited_pct'))}%, the machine {_g(cpu['machine_busy_pct'])}% "

@@ -211,7 +211,7 @@ def test_the_report_and_the_verdict_carry_the_loops_figures() -> None:
     ]
     # Then each server's worst 100 ms at the spike's start that has CPU figures.
     assert lines[1:] == [
-        f"- {name}'s worst 100 ms at the spike's start (t = 1.5 s): p99 1 ms, refusals' "
+        f"- {name}'s worst 100 ms at the spike's start (t = 1.5 s): p99 1.0 ms, refusals' "
         "p99 - ms; the loop ran 50% and waited 40%, the load client ran 0% of a core and "
         "waited 0%, the machine 90% busy."
         for name in ("riskwire", "the floor")
