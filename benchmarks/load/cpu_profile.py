@@ -10,7 +10,7 @@ log, as bench-ci runs it), a closed loop of ``--concurrency`` Score callers over
 ``--procs`` client processes runs for ``--seconds`` after ``--warmup-s``. Over the
 measured window it records:
 
-- every server thread's CPU time (``/proc/<pid>/task/*/stat``), per call;
+- every server thread's CPU time (``/proc/<pid>/task/*/schedstat``), per call;
 - ``perf record -e cpu-clock`` of the event-loop thread (the main thread: the one
   that bounds throughput), split by the shared object the samples fell in: the
   Python interpreter, the kernel (socket writes and wake-ups), gRPC's Cython layer,
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -39,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import machine, spike
+from benchmarks.load import cpustat, machine, spike
 from benchmarks.load.compare import FLOOR_CMD, RESULTS_DIR, ServerProcess
 from benchmarks.load.loadgen import LoadConfig, run_load
 
@@ -55,7 +54,6 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 OTHER = "other"
 _DSO_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S.*?)\s*$")
-_TICK = os.sysconf("SC_CLK_TCK")
 PERF_HZ = 499
 
 
@@ -67,17 +65,8 @@ def group_of(dso: str) -> str:
 
 
 def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
-    """Each thread's user+system CPU seconds so far: {tid: (name, seconds)}."""
-    out: dict[int, tuple[str, float]] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / _TICK)
-    return out
+    """Each thread's CPU seconds so far (cpustat.read_threads): {tid: (name, seconds)}."""
+    return {tid: (t.name, t.ran_ns / 1e9) for tid, t in cpustat.read_threads(pid).items()}
 
 
 def perf_by_group(data: Path) -> tuple[int, dict[str, float]]:
