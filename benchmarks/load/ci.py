@@ -578,7 +578,7 @@ def closed_loop_capacity(runs: list[dict[str, Any]]) -> float | None:
     refuse part of a closed-loop probe's 8 callers. None: not measured (then the
     spike probes its own server)."""
     medians = summarize(runs, CLOSED_LOOP, ["floor", "riskwire"])
-    figure = medians.get("score_c8", {}).get("riskwire", {}).get("ok_per_s")
+    figure = medians.get(HEADLINE, {}).get("riskwire", {}).get("ok_per_s")
     return float(figure) if figure else None
 
 
@@ -685,6 +685,69 @@ def spike_verdict(
                 "framework takes in, before any handler runs, not riskwire's work per call."
             )
     lines += cpu_verdict(product, control)
+    return lines
+
+
+def spike_headroom(doc: Mapping[str, Any]) -> list[str]:
+    """What the spike's rate asks of this machine, from this run's own figures.
+
+    Two bounds, measured, never judged:
+
+    - this machine: the spike's offered rate against the most the floor (no work per
+      call) answered closed-loop in the same run, and the server CPU the floor would
+      need for all of it;
+    - any machine: answered without refusals, a spike of ``m`` times the capacity needs
+      a fallback answer to cost at most 1/m of a model answer (with C = 1 / model cost,
+      m * C calls a second at fallback cost f fit in one core only if f <= 1/m of it).
+      A fallback answer costs at least a bare gRPC call: the floor's CPU per call over
+      riskwire's. More cores or workers scale both alike and leave the ratio.
+    """
+    product = next((r for r in doc.get("scenarios", []) if r["name"] == "spike"), None)
+    closed = doc.get("closed_loop", {})
+    medians = closed.get("medians", {}).get(HEADLINE, {})
+    title = next((sc["title"] for sc in closed.get("scenarios", []) if sc["key"] == HEADLINE), "")
+    floor = medians.get("floor") or {}
+    floor_max = floor.get("ok_per_s")
+    capacity = doc.get("capacity_per_s")
+    if product is None or not floor_max or not capacity:
+        return []
+    offered = max(p["offered_per_s"] for p in product["phases"])
+    cores = doc.get("machine", {}).get("nproc")
+    floor_cpu = floor.get("server_cpu_us_per_call")
+    line = (
+        f"- What the spike asks of this machine: {offered:,.0f} calls/s offered, "
+        f"{offered / floor_max:.1f}x the most the floor answered closed-loop in this run "
+        f"({floor_max:,.0f} calls/s, {title or HEADLINE})"
+    )
+    if floor_cpu:
+        line += (
+            f"; answering them all with no work per call would take "
+            f"{offered * floor_cpu / 1e6:.1f} cores of server CPU at the floor's "
+            f"{floor_cpu:,.0f} us a call, on {cores} cores that also run the load client"
+        )
+    lines = [line + "."]
+    if offered > floor_max:
+        lines.append(
+            "- So no server on this gRPC framework answers every call of this spike here: "
+            "refusals at this rate are the machine's and the framework's, whatever "
+            "riskwire does per call."
+        )
+    ratio = medians.get("server_cpu_ratio")
+    multiple = offered / capacity
+    if ratio and multiple > 1:
+        verdict = (
+            "The refusal-free spike is out of reach at any core count for a model this "
+            "cheap; more workers scale both costs alike."
+            if 1 / ratio > 1 / multiple
+            else "This bound does not rule the refusal-free spike out."
+        )
+        lines.append(
+            f"- On any machine: the spike is {multiple:.1f}x riskwire's capacity, so "
+            f"answering all of it needs a fallback answer to cost at most "
+            f"1/{multiple:.1f} ({1 / multiple:.2f}) of a model answer; a bare gRPC call "
+            f"alone costs {1 / ratio:.2f} of one here (riskwire's server CPU per call is "
+            f"{ratio:.2f}x the floor's). {verdict}"
+        )
     return lines
 
 
@@ -833,6 +896,7 @@ def _markdown(doc: Mapping[str, Any], comparison: Sequence[str], stem: str) -> s
             "gRPC framework make of the rate with no work per call. Measured, never judged.",
             "",
             *spike_verdict(product, control),
+            *spike_headroom(doc),
             "",
             spike.render_scenario(r).replace("### spike-floor:", "### spike, floor:", 1),
             f"![{r.name}]({stem}-{r.name}.png)",

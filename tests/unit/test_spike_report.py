@@ -347,6 +347,48 @@ def test_the_floor_control_says_whether_the_rate_beats_the_bare_server() -> None
     assert figures["spike spike errors share"] == 0.1
 
 
+def test_headroom_sets_the_spike_against_what_the_floor_answered() -> None:
+    rep = spike.report(
+        "spike", spike.RunResult(PHASES, steady_spike_after([2.0] * 10)), 20.0, 10.0, peak="spike"
+    )
+    peak = max(p["offered_per_s"] for p in asdict(rep)["phases"])
+    assert peak == 100.0  # 10x half of the capacity of 20 calls/s
+
+    def doc(floor_per_s: float, floor_cpu_us: float, cpu_ratio: float) -> dict[str, object]:
+        return {
+            "machine": {"nproc": 2},
+            "capacity_per_s": 20.0,
+            "scenarios": [asdict(rep)],
+            "closed_loop": {
+                "scenarios": [{"key": "score_c8", "title": "Score, c=8"}],
+                "medians": {
+                    "score_c8": {
+                        "floor": {"ok_per_s": floor_per_s, "server_cpu_us_per_call": floor_cpu_us},
+                        "server_cpu_ratio": cpu_ratio,
+                    }
+                },
+            },
+        }
+
+    # The floor tops out at 40 calls/s at 50 ms of CPU each: 100/s would need 5 cores.
+    lines = ci.spike_headroom(doc(40.0, 50_000.0, 2.0))
+    assert lines[0].startswith("- What the spike asks of this machine: 100 calls/s offered, 2.5x")
+    assert "(40 calls/s, Score, c=8)" in lines[0]
+    assert "take 5.0 cores of server CPU at the floor's 50,000 us a call, on 2 cores" in lines[0]
+    assert "no server on this gRPC framework answers every call" in lines[1]
+    # 5x the capacity needs fallbacks at 1/5 of a model answer; a bare call is 1/2.
+    assert "1/5.0 (0.20) of a model answer; a bare gRPC call alone costs 0.50" in lines[2]
+    assert "out of reach at any core count" in lines[2]
+    # A floor that takes the whole rate, and a model 8x a bare call: neither bound binds.
+    lines = ci.spike_headroom(doc(500.0, 1_000.0, 8.0))
+    assert len(lines) == 2
+    assert "0.2x the most the floor answered" in lines[0]
+    assert "bare gRPC call alone costs 0.12" in lines[1]
+    assert lines[1].endswith("This bound does not rule the refusal-free spike out.")
+    # Without the closed-loop floor there is nothing to set the rate against.
+    assert ci.spike_headroom({"scenarios": [asdict(rep)], "capacity_per_s": 20.0}) == []
+
+
 def test_a_crash_or_a_failed_run_fails() -> None:
     assert ci.failures([], ["riskwire"], []) == ["riskwire: the server exited during the run"]
     assert ci.failures([], [], [], ["riskwire-spike: client died"]) == [
