@@ -112,7 +112,7 @@ clean:
 # Native coverage: with clang on PATH, the extensions are first rebuilt into build/fuzz
 # (never over the in-place build) with -fsanitize=address,undefined,fuzzer-no-link and
 # run with atheris' asan_with_fuzzer.so preloaded (libFuzzer and the ASan/UBSan runtime
-# in one library): libFuzzer then counts the C++ parser's edges ("INFO: Loaded 2
+# in one library): libFuzzer then counts the C++ parser's edges ("INFO: Loaded 3
 # modules (... inline 8-bit counters)" at start-up, cov: growing) and ASan/UBSan check
 # every input. Without clang (FUZZ_CLANG=no, or none installed: `apt-get install clang`)
 # it falls back to the in-place gcc build, UNINSTRUMENTED: atheris still fuzzes, guided

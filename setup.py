@@ -83,6 +83,13 @@ def extensions() -> list[Extension]:
         language="c++",
         extra_compile_args=CXX_FLAGS,
     )
+    audit = Extension(
+        "gateway._native._audit",
+        ["native/cpp/audit.cpp"],
+        include_dirs=[pybind11.get_include()],
+        language="c++",
+        extra_compile_args=CXX_FLAGS,
+    )
     glue = Extension(
         "gateway._native._glue",
         ["native/cython/glue.pyx"],
@@ -92,7 +99,7 @@ def extensions() -> list[Extension]:
         # gateway/features/currency.py bit for bit: no fused multiply-add there either.
         extra_compile_args=["-O2", "-ffp-contract=off"],
     )
-    return [encoder, *cythonize([glue], language_level=3, quiet=True)]
+    return [encoder, audit, *cythonize([glue], language_level=3, quiet=True)]
 
 
 def sanitized(modules: list[Extension]) -> list[Extension]:

@@ -103,6 +103,8 @@ class ParsedBatch:
         """Every Transaction field by its proto name (converters.fields_of); maps as
         dicts, customer_tenure_days None when unset. IndexError unless
         0 <= index < len(self)."""
+    def amount_and_currency(self, index: int) -> tuple[int, str]:
+        """``transaction(index)``'s amount_minor and currency, without the dict."""
     def first_invalid(self, currencies: Set[str], channels: Set[int], max_id_chars: int) -> int:
         """Index of the first transaction converters.check_fields refuses, -1 if none."""
 

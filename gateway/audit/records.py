@@ -26,6 +26,12 @@ Entity identifiers (transaction, account, card ids) never appear in clear: they 
 stored as :func:`hash_entity` of the id, an HMAC-SHA256 keyed with a secret from the
 ``key_file`` setting. The key itself is never written anywhere; ``key_id`` (the
 first 8 hex of SHA-256 of the key) says which key made a record's hashes.
+
+The writer thread seals decision records through ``gateway._native._audit`` when it is
+built (native/cpp/audit.cpp): the same bytes as the Python here, which stays the
+reference and the path for anything the native code declines (tests/native/
+test_audit_parity.py). ``RISKWIRE_PURE_PYTHON`` turns it off with the other native
+code, ``RISKWIRE_AUDIT_SEALING=python`` alone.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final, Literal, TypeAlias, get_args
+
+from gateway.features.dispatch import pure_python_forced
 
 RecordKind: TypeAlias = Literal[
     "decision",
@@ -65,6 +74,27 @@ MIN_KEY_BYTES: Final = 16
 FIELDS: Final = frozenset({"digest", "key_id", "kind", "payload", "prev", "seq", "ts_ms", "worker"})
 
 _HEX = frozenset("0123456789abcdef")
+
+
+SEALING_ENV: Final = "RISKWIRE_AUDIT_SEALING"
+"""``python``: seal with the reference below even where the native module is built (an
+A/B switch for benchmarks, or a way to rule the native code out)."""
+
+
+def native_audit() -> ModuleType | None:
+    """``gateway._native._audit``, or None when it is not built, pure Python is forced,
+    or ``RISKWIRE_AUDIT_SEALING=python``."""
+    if pure_python_forced() or os.environ.get(SEALING_ENV, "").strip().lower() == "python":
+        return None
+    try:
+        from gateway._native import _audit
+    except ImportError:
+        return None
+    return _audit
+
+
+NATIVE: ModuleType | None = native_audit()
+"""What :func:`seal` and the decision records use; None: the Python below alone."""
 
 
 def canonical(value: Mapping[str, Any]) -> bytes:
@@ -119,6 +149,13 @@ def seal(
         ValueError, TypeError: ``payload`` holds what :func:`canonical` refuses.
     """
     if isinstance(payload, CanonicalJSON):
+        if NATIVE is not None:
+            # The same bytes (native/cpp/audit.cpp), or None for what only this takes.
+            sealed: tuple[str, bytes] | None = NATIVE.seal_line(
+                key_id, kind, payload, prev, seq, ts_ms, worker
+            )
+            if sealed is not None:
+                return sealed
         # Keys in canonical (sorted) order; int.__repr__ is how json writes an int,
         # and refuses anything else.
         body = b"".join(
@@ -222,9 +259,11 @@ class EntityHasher:
     every call (benchmarks/micro/audit.py). Equal to :func:`hash_entity` (tested).
     """
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "native")
 
     def __init__(self, key: bytes) -> None:
+        self.native: Any = None if NATIVE is None else NATIVE.EntityHasher(key, ENTITY_HASH_HEX)
+        """The native twin (same hashes), which sink.DecisionRecords hands to native code."""
         block = hashlib.sha256().block_size
         padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))

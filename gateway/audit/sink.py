@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.records import CanonicalJSON, RecordKind, canonical, json_string
+from gateway.audit.records import NATIVE, CanonicalJSON, RecordKind, canonical, json_string
 from gateway.audit.writer import (
     AuditEvent,
     AuditUnavailable,
@@ -87,21 +87,24 @@ class DecisionRecords:
         transactions = self.batch.transactions
         keys_of = self.batch.routing_keys
         # Protobuf Transactions are read as attributes; the native parser's batch gives
-        # one transaction as a dict.
+        # the two fields of one transaction.
         as_messages = isinstance(transactions, Sequence)
+        # The hasher's native twin: the whole payload in native code (records.NATIVE).
+        native = getattr(hash_entity, "native", None)
+        payload_of = None if native is None or NATIVE is None else NATIVE.decision_payload
         for i, result in enumerate(self.results):
             keys = keys_of[i]
             if as_messages:
                 txn = transactions[i]  # type: ignore[index]
                 amount_minor, currency = txn.amount_minor, txn.currency
             else:
-                fields = transactions.transaction(i)  # type: ignore[union-attr]
-                amount_minor, currency = fields["amount_minor"], fields["currency"]
-            ids = (
-                hash_entity(result.transaction_id),
-                hash_entity(keys.get("account_id", "")),
-                hash_entity(keys.get("card_id", "")),
-            )
+                amount_minor, currency = transactions.amount_and_currency(i)  # type: ignore[union-attr]
+            if payload_of is not None:
+                direct = payload_of(native, result, keys, amount_minor, currency, self.latency_us)
+                if direct is not None:
+                    yield self.ts_ms, CanonicalJSON(direct)
+                    continue
+            ids = entity_ids(hash_entity, result, keys)
             fast = decision_json(result, ids, amount_minor, currency, keys, self.latency_us)
             yield (
                 self.ts_ms,
@@ -113,6 +116,17 @@ class DecisionRecords:
                     )
                 ),
             )
+
+
+def entity_ids(
+    hash_entity: Callable[[str], str], result: ScoreResult, keys: Mapping[str, str]
+) -> tuple[str, str, str]:
+    """A decision's transaction, account and card ids, hashed (raises as the hasher does)."""
+    return (
+        hash_entity(result.transaction_id),
+        hash_entity(keys.get("account_id", "")),
+        hash_entity(keys.get("card_id", "")),
+    )
 
 
 def decision_payload(

@@ -158,6 +158,10 @@ class ParsedTransactions(Protocol):
         """Every field of transaction `index` by its proto name (converters.fields_of)."""
         ...
 
+    def amount_and_currency(self, index: int) -> tuple[int, str]:
+        """Transaction `index`'s amount_minor and currency (its audit record's inputs)."""
+        ...
+
 
 TransactionSource: TypeAlias = Sequence[Transaction] | ParsedTransactions
 """What the encoders read: protobuf Transactions, or the native parser's batch."""

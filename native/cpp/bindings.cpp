@@ -263,6 +263,14 @@ py::dict transaction_dict(const ParsedBatch& parsed, py::ssize_t index) {
   return fields;
 }
 
+// amount_minor and currency of one transaction: what its audit decision record reads,
+// without transaction()'s dict of every field.
+py::tuple amount_and_currency(const ParsedBatch& parsed, py::ssize_t index) {
+  const wire::Transaction& txn = transaction_at(parsed, index);
+  return py::make_tuple(py::int_(txn.amount_minor),
+                        decode(parsed.batch.string(txn, wire::StringField::kCurrency)));
+}
+
 // Each transaction's monitoring_attributes, for the outcome store (never a model's
 // input): the one map the data plane reads on every call, without the whole dict.
 py::list monitoring_attributes(const ParsedBatch& parsed) {
@@ -654,6 +662,8 @@ PYBIND11_MODULE(_encoder, m) {
            "Each transaction's monitoring_attributes map, in order.")
       .def("transaction", &transaction_dict, py::arg("index"),
            "Every Transaction field by its proto name; IndexError out of range.")
+      .def("amount_and_currency", &amount_and_currency, py::arg("index"),
+           "(amount_minor, currency) of one transaction; IndexError out of range.")
       .def("first_invalid", &first_invalid, py::arg("currencies"), py::arg("channels"),
            py::arg("max_id_chars"),
            "Index of the first transaction converters.check_fields refuses, -1 when none.");

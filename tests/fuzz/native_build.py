@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 ENV = "RISKWIRE_NATIVE_BUILD"
-_MODULES = ("gateway._native._encoder", "gateway._native._glue")
+_MODULES = ("gateway._native._encoder", "gateway._native._glue", "gateway._native._audit")
 
 
 def use_native_build(build_lib: str | None = None) -> Path | None:

@@ -13,7 +13,10 @@ raises `Mismatch` where they disagree:
 - a tightly limited parser gives a different result from a roomy one, other than a
   limit error, or lets more than max_transactions through;
 - the native encoder's rows differ from the reference encoder's bit for bit, or only
-  one of them raises UnknownCurrencyError (or they name different currencies).
+  one of them raises UnknownCurrencyError (or they name different currencies);
+- the audit record each transaction would get (a decision built from its fuzzed
+  strings and numbers) differs between native sealing (gateway._native._audit) and
+  the Python reference, byte for byte, or only one of them declines it.
 
 Any exception from native other than WireError propagates as is (a WireError must
 also read "<path>: <problem> at byte <offset>"). The fuzz target
@@ -36,7 +39,13 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from gateway.audit import records
+from gateway.audit.records import GENESIS, EntityHasher, seal
+from gateway.audit.sink import decision_json, entity_ids
+from gateway.dataplane import ScoreResult
+from gateway.decisions import DecisionSource
 from gateway.errors import GatewayError
+from gateway.explain import Reason
 from gateway.features import dispatch
 from gateway.features.currency import CURRENCIES, UnknownCurrencyError
 from gateway.features.spec import FeatureSpec, parse_feature_spec
@@ -49,6 +58,7 @@ from gateway.grpc.converters import (
     routing_keys,
 )
 from riskwire.v1 import scoring_pb2 as pb
+from router.routes import ArmRole, Decision
 
 if TYPE_CHECKING:
     from gateway._native import _encoder
@@ -259,6 +269,68 @@ def _compare(native: _Native, parsed: _encoder.ParsedBatch, txns: Sequence[pb.Tr
     bad = parsed.first_invalid(native.currencies, CHANNEL_NUMBERS, MAX_ID_CHARS)
     _same(bad, _first_invalid(reference), "first_invalid()")
     _compare_encoders(native, parsed, txns)
+    _compare_audit(parsed, txns, keys)
+
+
+AUDIT_KEY = b"fuzz-audit-key-0123456789"
+
+
+def _compare_audit(
+    parsed: _encoder.ParsedBatch, txns: Sequence[pb.Transaction], keys: list[dict[str, str]]
+) -> None:
+    """Each transaction's decision record, sealed natively and by the reference: its
+    ids, strings and numbers come from the input (route, model and reason codes from
+    fields the fuzzer fills)."""
+    native = records.NATIVE
+    if native is None:
+        return
+    hasher = EntityHasher(AUDIT_KEY)
+    for i, t in enumerate(txns):
+        inputs = parsed.amount_and_currency(i)
+        _same(inputs, (t.amount_minor, t.currency), f"amount_and_currency({i})")
+        extras = list(t.numeric_extras.values())
+        result = ScoreResult(
+            transaction_id=t.transaction_id,
+            score=extras[0] if extras else t.amount_minor / 7.0,
+            decision=Decision.REVIEW,
+            model_name=t.merchant_id,
+            model_version=t.timestamp_ms,
+            arm=ArmRole.CHALLENGER,
+            source=DecisionSource.MODEL,
+            route=t.device_id,
+            config_version=t.customer_tenure_days,
+            reason_codes=tuple(
+                Reason(code, value, extras[j % len(extras)] if extras else 0.0, "")
+                for j, (code, value) in enumerate(t.categorical_extras.items())
+            ),
+        )
+        got = native.decision_payload(hasher.native, result, keys[i], *inputs, t.timestamp_ms)
+        try:
+            ids = entity_ids(hasher, result, keys[i])
+        except UnicodeEncodeError:  # no lone surrogate survives UTF-8 decoding
+            want = None
+        else:
+            direct = decision_json(result, ids, *inputs, keys[i], t.timestamp_ms)
+            want = None if direct is None else bytes(direct)
+        _same(got, want, f"audit decision_payload({i})")
+        if got is None:
+            continue
+        payload = records.CanonicalJSON(got)
+        sealed = native.seal_line("fuzz", "decision", payload, GENESIS, i, t.timestamp_ms, 0)
+        records.NATIVE = None
+        try:
+            reference = seal(
+                seq=i,
+                ts_ms=t.timestamp_ms,
+                kind="decision",
+                worker=0,
+                key_id="fuzz",
+                payload=payload,
+                prev=GENESIS,
+            )
+        finally:
+            records.NATIVE = native
+        _same(sealed, reference, f"audit seal_line({i})")
 
 
 def _first_invalid(reference: Sequence[Mapping[str, Any]]) -> int:

@@ -1,0 +1,282 @@
+"""Native audit sealing (native/cpp/audit.cpp) against its Python reference.
+
+Every byte matters: a verifier recomputes each digest from the line, so one byte of
+difference would be a broken chain. Hypothesis draws the decision's every field (any
+text, lone surrogates included, NaN and infinities, ints past 64 bits, values of the
+wrong type) and checks that the native code writes exactly what the reference writes,
+and declines (None) exactly where the reference does not take its direct path, so
+that the reference then writes, or refuses, the record as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.audit import records
+from gateway.audit.records import (
+    ENTITY_HASH_HEX,
+    GENESIS,
+    CanonicalJSON,
+    EntityHasher,
+    canonical,
+    hash_entity,
+    seal,
+)
+from gateway.audit.sink import DecisionRecords, decision_json, entity_ids
+from gateway.dataplane import FallbackReason, ScoreResult, TransactionBatch
+from gateway.decisions import DecisionSource
+from gateway.explain import Reason
+from router.routes import ArmRole, Decision
+from tests.native.strategies import needs_native
+
+pytestmark = needs_native
+
+KEY = b"parity-key-0123456789abcdef"
+
+texts = st.text(st.characters(exclude_categories=()), max_size=24)  # lone surrogates too
+floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+ints = st.integers(min_value=-(2**70), max_value=2**70)
+# What a caller bug could hand over instead: the native code must decline it.
+odd = st.none() | st.booleans() | floats | st.binary(max_size=4)
+
+reasons = st.builds(Reason, texts, texts, floats | odd, texts)
+results = st.builds(
+    ScoreResult,
+    transaction_id=texts | odd,
+    score=floats | ints,
+    decision=st.sampled_from(list(Decision)),
+    model_name=texts,
+    model_version=ints | odd,
+    arm=st.sampled_from(list(ArmRole)),
+    source=st.sampled_from(list(DecisionSource)),
+    route=texts,
+    config_version=ints,
+    fallback_reason=st.none() | st.sampled_from(list(FallbackReason)),
+    reason_codes=st.lists(reasons, max_size=3).map(tuple),
+)
+key_names = ("merchant_category_code", "channel", "country", "account_id", "card_id")
+routing_keys = st.fixed_dictionaries({}, optional={name: texts | odd for name in key_names})
+
+
+def native() -> Any:
+    assert records.NATIVE is not None
+    return records.NATIVE
+
+
+def reference_direct(
+    hasher: EntityHasher,
+    result: ScoreResult,
+    keys: dict[str, Any],
+    amount: Any,
+    currency: Any,
+    latency_us: Any,
+) -> bytes | None:
+    """What DecisionRecords.expand wrote before: None where it took another path."""
+    try:
+        ids = entity_ids(hasher, result, keys)
+    except (AttributeError, UnicodeEncodeError):
+        return None  # the reference raises: the record becomes an error record
+    direct = decision_json(result, ids, amount, currency, keys, latency_us)
+    return None if direct is None else bytes(direct)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=300))
+def test_sha256_equals_hashlib(data: bytes) -> None:
+    assert native().sha256_hex(data) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["cpu", "portable"])
+def test_sha256_at_every_padding_boundary(portable: bool) -> None:
+    """Both compressions: the CPU's SHA extensions (where it has them) and the portable
+    code, which a machine without them runs."""
+    native().use_portable_sha256(portable)
+    try:
+        if portable:
+            assert native().sha256_implementation() == "portable"
+        for n in [*range(0, 260), 1000, 4096, 65_537]:
+            data = bytes(range(256))[: n % 256] * (1 + n // 256)
+            assert native().sha256_hex(data) == hashlib.sha256(data).hexdigest(), n
+            hasher = native().EntityHasher(data[:100], ENTITY_HASH_HEX)
+            value = data.decode("latin-1")
+            assert hasher(value) == hash_entity(data[:100], value), n
+    finally:
+        native().use_portable_sha256(False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=200), st.text(st.characters(exclude_categories=["Cs"])))
+def test_entity_hash_equals_hmac(key: bytes, value: str) -> None:
+    hasher = native().EntityHasher(key, ENTITY_HASH_HEX)
+    assert hasher(value) == hash_entity(key, value)
+
+
+def test_entity_hash_refuses_a_lone_surrogate_like_the_reference() -> None:
+    hasher = native().EntityHasher(KEY, ENTITY_HASH_HEX)
+    with pytest.raises(UnicodeEncodeError):
+        hash_entity(KEY, "a\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        hasher("a\ud800")
+    with pytest.raises(ValueError, match="hex_chars"):
+        native().EntityHasher(KEY, 65)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(results, routing_keys, ints | odd, texts | odd, ints | odd)
+def test_decision_payload_equals_the_reference(
+    result: ScoreResult, keys: dict[str, Any], amount: Any, currency: Any, latency_us: Any
+) -> None:
+    hasher = EntityHasher(KEY)
+    assert hasher.native is not None
+    expected = reference_direct(hasher, result, keys, amount, currency, latency_us)
+    got = native().decision_payload(hasher.native, result, keys, amount, currency, latency_us)
+    assert got == expected
+
+
+def test_decision_payload_declines_what_is_not_a_plain_dict() -> None:
+    ok = ScoreResult(
+        "tx-1", 0.5, Decision.APPROVE, "m", 1, ArmRole.CHAMPION, DecisionSource.MODEL, "r", 3
+    )
+    hasher = EntityHasher(KEY).native
+    assert native().decision_payload(hasher, ok, {}, 1, "USD", 10) is not None
+    assert native().decision_payload(hasher, ok, [("channel", "WEB")], 1, "USD", 10) is None
+    assert native().decision_payload(hasher, object(), {}, 1, "USD", 10) is None
+
+
+payload_objects = st.dictionaries(
+    texts,
+    st.none() | st.booleans() | ints | texts | st.floats(allow_nan=False, allow_infinity=False),
+    max_size=4,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(payload_objects, texts | odd, texts | odd, texts | odd, ints | odd, ints | odd, ints | odd)
+def test_seal_line_equals_the_reference(
+    payload: dict[str, Any],
+    key_id: Any,
+    kind: Any,
+    prev: Any,
+    seq: Any,
+    ts_ms: Any,
+    worker: Any,
+) -> None:
+    body = CanonicalJSON(canonical(payload))
+    args = {
+        "key_id": key_id,
+        "kind": kind,
+        "prev": prev,
+        "seq": seq,
+        "ts_ms": ts_ms,
+        "worker": worker,
+        "payload": body,
+    }
+    got = native().seal_line(key_id, kind, body, prev, seq, ts_ms, worker)
+    saved, records.NATIVE = records.NATIVE, None  # the reference alone
+    try:
+        expected: tuple[str, bytes] | None = seal(**args)
+    except TypeError:
+        expected = None
+    finally:
+        records.NATIVE = saved
+    if got is None:
+        # Declined: only what is not a str or an int of 64 bits, which seal() then
+        # writes or refuses itself.
+        plain = all(isinstance(v, str) for v in (key_id, kind, prev)) and all(
+            isinstance(v, int) and -(2**63) <= v < 2**63 for v in (seq, ts_ms, worker)
+        )
+        assert not plain
+    else:
+        assert got == expected
+        assert seal(**args) == got  # and seal() itself takes the native path
+
+
+def test_sealed_decisions_verify_and_equal_the_python_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole item through expand and seal, native and pure Python: the same lines."""
+    rows = [
+        ScoreResult(
+            f"tx-{i}",
+            i / 7,
+            Decision.REVIEW,
+            "fraud-gbdt",
+            2,
+            ArmRole.CANARY,
+            DecisionSource.FALLBACK if i % 2 else DecisionSource.MODEL,
+            "cards-é",
+            9,
+            fallback_reason=FallbackReason.OVERLOAD if i % 2 else None,
+            reason_codes=(Reason("HIGH_AMOUNT", "amount_usd", 0.125, "a large amount"),)
+            if i % 3 == 0
+            else (),
+        )
+        for i in range(12)
+    ]
+
+    class Parsed:
+        def __len__(self) -> int:
+            return 12
+
+        def transaction(self, i: int) -> dict[str, Any]:
+            raise AssertionError("the audit record reads amount_and_currency only")
+
+        def amount_and_currency(self, i: int) -> tuple[int, str]:
+            return 100 * i, "EUR"
+
+    keys = [{"account_id": f"acct-{i % 3}", "card_id": "", "channel": "WEB"} for i in range(12)]
+    batch = TransactionBatch(
+        transaction_ids=[r.transaction_id for r in rows],
+        routing_keys=keys,
+        transactions=Parsed(),
+        amounts_usd=lambda: [1.0] * 12,
+        monitoring_attributes=lambda: [{}] * 12,
+    )
+    item = DecisionRecords(batch, rows, latency_us=321, ts_ms=1_764_000_000_000)
+
+    def chain() -> list[bytes]:
+        prev, lines = GENESIS, []
+        for seq, (ts_ms, payload) in enumerate(item.expand(EntityHasher(KEY))):
+            digest, line = seal(
+                seq=seq,
+                ts_ms=ts_ms,
+                kind="decision",
+                worker=1,
+                key_id="k",
+                payload=payload,
+                prev=prev,
+            )
+            prev = digest
+            lines.append(line)
+        return lines
+
+    fast = chain()
+    with monkeypatch.context() as m:
+        m.setattr(records, "NATIVE", None)
+        slow = chain()
+    assert fast == slow
+    prev = GENESIS
+    for line in fast:
+        parsed = records.parse_record(line.rstrip(b"\n"))  # canonical, digest matches
+        assert parsed["prev"] == prev
+        prev = parsed["digest"]
+    first = records.parse_record(fast[0].rstrip(b"\n"))["payload"]
+    assert first["account_id"] == hash_entity(KEY, "acct-0")
+    assert first["card_id"] == ""
+    assert first["reason_codes"] == [
+        {"code": "HIGH_AMOUNT", "contribution": 0.125, "feature": "amount_usd"}
+    ]
+
+
+def test_pure_python_or_the_sealing_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISKWIRE_PURE_PYTHON", "1")
+    assert records.native_audit() is None
+    monkeypatch.setenv("RISKWIRE_PURE_PYTHON", "0")
+    assert records.native_audit() is not None
+    monkeypatch.setenv("RISKWIRE_AUDIT_SEALING", "python")
+    assert records.native_audit() is None
