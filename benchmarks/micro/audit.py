@@ -1,6 +1,6 @@
 """The audit writer: what a call pays to submit its record, and what the writer keeps up with.
 
-Two figures, each the median over `--repeats` runs (min beside it):
+Three figures, each the median over `--repeats` runs (min beside it):
 
 - submit cost on the calling thread (what the event loop pays per call), with the
   writer thread running and competing for the GIL as it does in the server:
@@ -12,8 +12,15 @@ Two figures, each the median over `--repeats` runs (min beside it):
   (`fsync_interval_ms` 50), for one-transaction decisions (records hashed, serialized,
   chained and written on the writer thread). The directory is a fresh temporary one
   (the disk of `--dir`, default the system's temp directory).
+- sealing: one thread turning one-transaction decisions into sealed lines (ids hashed,
+  payload written, digest chained: the writer thread's work per record, which the
+  event loop waits out under the GIL), in us per record.
+
+`--sealing python` seals with the Python reference instead of gateway._native._audit
+(run both, one after the other, to compare):
 
     .venv/bin/python -m benchmarks.micro.audit        # ~30 seconds
+    .venv/bin/python -m benchmarks.micro.audit --sealing python --no-report
 
 Writes benchmarks/results/micro-audit-latest.json (machine, configuration, results).
 """
@@ -31,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.load.machine import REPO_ROOT, write_report
-from gateway.audit.records import RecordKind
+from gateway.audit import records as audit_records
+from gateway.audit.records import GENESIS, EntityHasher, RecordKind, seal
 from gateway.audit.settings import AuditSettings
 from gateway.audit.sink import ChainAuditSink, DecisionRecords
 from gateway.audit.writer import AuditEvent, AuditQueueFull, AuditWriter, now_ms
@@ -155,6 +163,29 @@ def submit_cost(base: Path, repeats: int, calls: int, held: bool) -> dict[str, l
     return runs
 
 
+def sealing_cost(records: int, repeats: int) -> list[float]:
+    """Seconds per record of expand + seal on this thread (one-transaction decisions)."""
+    items = [decision_item(1, offset=i) for i in range(512)]
+    hasher = EntityHasher(KEY)
+    runs = []
+    for _ in range(repeats):
+        prev = GENESIS
+        start = time.perf_counter()
+        for n in range(records):
+            for ts_ms, payload in items[n % len(items)].expand(hasher):
+                prev, _ = seal(
+                    seq=n,
+                    ts_ms=ts_ms,
+                    kind="decision",
+                    worker=0,
+                    key_id="bench",
+                    payload=payload,
+                    prev=prev,
+                )
+        runs.append((time.perf_counter() - start) / records)
+    return runs
+
+
 def end_to_end(base: Path, fsync_every: int, records: int, repeats: int) -> list[float]:
     """Records per second, submit to durable, one figure per repeat."""
     item = decision_item(1)
@@ -192,7 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=30_000, help="records per e2e run")
     parser.add_argument("--dir", type=Path, default=None, help="where the segments go")
     parser.add_argument("--no-report", action="store_true", help="print only")
+    parser.add_argument(
+        "--sealing",
+        choices=("native", "python"),
+        default="native",
+        help="seal with gateway._native._audit (when built) or the Python reference",
+    )
     args = parser.parse_args(argv)
+    if args.sealing == "python":
+        audit_records.NATIVE = None  # before any writer or hasher exists
+    print(
+        f"sealing: {'gateway._native._audit' if audit_records.NATIVE else 'the Python reference'}"
+    )
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -211,8 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"min {s['min']:9,.0f}"
             )
             results.append({"figure": "end_to_end", "fsync_every_records": every, **s})
+    s = summary(sealing_cost(args.records, args.repeats), 1e6, "us/record")
+    print(f"sealing, one thread  median {s['median']:7.2f} us/record   min {s['min']:7.2f}")
+    results.append({"figure": "sealing", **s})
     if not args.no_report:
-        config = {"repeats": args.repeats, "calls": args.calls, "records": args.records}
+        config = {
+            "repeats": args.repeats,
+            "calls": args.calls,
+            "records": args.records,
+            "sealing": "native" if audit_records.NATIVE else "python",
+        }
         write_report(RESULTS, "audit", config, results)
     return 0
 

@@ -15,7 +15,9 @@ gRPC: no transport, no client. Per call:
 
 Variants (fresh process each, interleaved over ``--repeats``; medians quoted):
 ``all on`` (as ``riskwire serve`` runs), one recorder off at a time (``audit``,
-``outcomes``, ``drift``, ``metrics``), and ``all off``.
+``outcomes``, ``drift``, ``metrics``), ``all off``, and ``audit sealed in Python``
+(all on, with the audit records sealed by the Python reference instead of
+gateway._native._audit).
 
 Run from the repository root::
 
@@ -54,6 +56,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"{name} off": overrides for name, overrides in OFF.items()},
     "all off": {k: v for overrides in OFF.values() for k, v in overrides.items()},
 }
+PYTHON_SEALING = "audit sealed in Python"
+VARIANTS[PYTHON_SEALING] = {}
 
 
 class _Context:
@@ -151,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     models = args.models.resolve()
     if args.one is not None:
+        if args.one == PYTHON_SEALING:
+            from gateway.audit import records
+
+            records.NATIVE = None  # before the server builds its audit writer
         one = uvloop.run(measure(models, VARIANTS[args.one], args.calls, args.warmup))
         print(json.dumps(one))
         return
