@@ -429,6 +429,14 @@ CREATE INDEX IF NOT EXISTS outcomes_reported_at ON outcomes (reported_at);
 """
 
 _INSERT = "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_CHUNK_ROWS = 90
+"""Rows per multi-row INSERT: 990 parameters, within the 999 of SQLite builds before
+3.32. One statement step for 90 rows instead of 90: each step hands the GIL back and
+forth with the event loop, and the handoffs cost the loop more than the inserts
+(benchmarks/README.md, "Where the handler's time goes")."""
+_INSERT_CHUNK = "INSERT OR REPLACE INTO predictions VALUES " + ",".join(
+    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * INSERT_CHUNK_ROWS
+)
 _COLUMNS = (
     "transaction_id, route, model, version, arm, score, decision, source, amount_usd, "
     "attributes, scored_at"
@@ -1044,9 +1052,15 @@ class OutcomeStore:
             self._wake_requested = False
         if not batch:
             return
+        rows = [_row(r) for r in batch]
+        whole = len(rows) - len(rows) % INSERT_CHUNK_ROWS
         try:
             connection.execute("BEGIN")
-            connection.executemany(_INSERT, [_row(r) for r in batch])
+            # In order, as executemany would: a later row for an id replaces an earlier.
+            for start in range(0, whole, INSERT_CHUNK_ROWS):
+                chunk = rows[start : start + INSERT_CHUNK_ROWS]
+                connection.execute(_INSERT_CHUNK, list(itertools.chain.from_iterable(chunk)))
+            connection.executemany(_INSERT, rows[whole:])
             connection.execute("COMMIT")
         except sqlite3.Error:
             if connection.in_transaction:

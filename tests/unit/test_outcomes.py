@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.grpc.outcomes import outcome_method_handler
 from gateway.models.card import Metrics, ModelCard
 from gateway.telemetry.outcomes import (
     DAY_S,
+    INSERT_CHUNK_ROWS,
     Confusion,
     OutcomeSettings,
     OutcomeStore,
@@ -111,6 +113,29 @@ def test_a_label_reported_right_after_the_score_joins_its_prediction(
     key = ("cards", "fraud-gbdt", 1, "canary")
     assert counts.fraud_caught_usd == {key: 120.0}
     assert counts.fraud_missed_usd == {}
+
+
+def test_stored_rows_span_whole_insert_chunks_and_the_rest_in_order(
+    store: OutcomeStore, db: Path
+) -> None:
+    """Rows go in as multi-row INSERTs of INSERT_CHUNK_ROWS and the rest row by row: every
+    row stored once, and a later prediction for an id replaces the earlier one, as one
+    INSERT per row would."""
+    n = 2 * INSERT_CHUNK_ROWS + 7
+    first = [record(f"txn-chunk-{i}", score=i / n) for i in range(n)]
+    again = record("txn-chunk-3", score=0.99, decision=Decision.DECLINE)  # in chunk 3
+    store.log_predictions([*first, again])
+    store.flush()
+
+    with sqlite3.connect(db) as connection:
+        stored = dict(connection.execute("SELECT transaction_id, score FROM predictions"))
+        decision = connection.execute(
+            "SELECT decision FROM predictions WHERE transaction_id = 'txn-chunk-3'"
+        ).fetchone()
+    assert len(stored) == n
+    assert stored["txn-chunk-3"] == 0.99 and decision == ("DECLINE",)
+    assert stored[f"txn-chunk-{n - 1}"] == (n - 1) / n  # the last, past the whole chunks
+    assert stored[f"txn-chunk-{INSERT_CHUNK_ROWS}"] == INSERT_CHUNK_ROWS / n
 
 
 def test_a_repeated_report_replaces_the_label(store: OutcomeStore) -> None:
