@@ -2,7 +2,7 @@
 //
 // The audit writer thread turns each answered transaction into one sealed line
 // (gateway/audit/sink.py DecisionRecords.expand, gateway/audit/records.py seal). In
-// Python that is ~30 us a record under the GIL, which the event loop waits out: its
+// Python that is ~20 us a record under the GIL, which the event loop waits out: its
 // calls into ONNX Runtime release the GIL, the writer takes it, and the loop gets it
 // back only when the writer lets go (benchmarks/README.md, "Where the handler's time
 // goes"). Here the same bytes cost a few microseconds.
@@ -11,18 +11,19 @@
 //
 //   decision_payload(hasher, result, keys, amount_minor, currency, latency_us)
 //     == decision_json(result, ids, ...) with ids the three entity hashes; None
-//     wherever the reference would not take its direct path (a value of another type,
-//     an id that is not a str, a lone surrogate in an id): the caller then runs the
-//     reference, which writes the same record or raises as before.
+//     wherever the reference would not take its direct path (a value of another
+//     type, an id that is neither a str nor empty, a lone surrogate in an id): the
+//     caller then runs the reference, which writes the same record or raises.
 //   seal_line(key_id, kind, payload, prev, seq, ts_ms, worker)
 //     == records.seal(...) for a payload already canonical; None for anything but
 //     str / int (int64) arguments.
 //
 // EntityHasher(key, hex_chars) is records.EntityHasher: HMAC-SHA256 (RFC 2104) with
-// the two padded-key states computed once. SHA-256 is FIPS 180-4, written out below.
-// Everything runs under the GIL (it reads Python objects); tests/native/
-// test_audit_parity.py holds each function to its reference, and
-// tests/fuzz/fuzz_audit.py fuzzes them against it.
+// the two padded-key states computed once. SHA-256 is FIPS 180-4, written out below,
+// on the x86 SHA extensions where the CPU has them. Everything runs under the GIL (it
+// reads Python objects). tests/native/test_audit_parity.py holds each function to its
+// reference, both SHA-256 paths to hashlib; tests/fuzz/wire_check.py (make fuzz)
+// checks the record of every transaction the fuzzer gets parsed against the reference.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -330,6 +331,9 @@ py::object attr(py::handle obj, PyObject* name) {
 void append_json_string(std::string& out, py::handle text) {
   if (!PyUnicode_Check(text.ptr())) not_direct();
   PyObject* s = text.ptr();
+#if PY_VERSION_HEX < 0x030C0000
+  if (PyUnicode_READY(s) < 0) not_direct();  // a legacy str: its canonical form first
+#endif
   const Py_ssize_t n = PyUnicode_GET_LENGTH(s);
   const int kind = PyUnicode_KIND(s);
   const void* data = PyUnicode_DATA(s);
