@@ -177,14 +177,6 @@ Compress compress_function_auto() {
 #endif
 }
 
-bool sha_ni_available() {
-#ifdef RISKWIRE_SHA_NI
-  return cpu_has_sha_ni();
-#else
-  return false;
-#endif
-}
-
 class Sha256 {
  public:
   static constexpr std::size_t kBlock = 64;
@@ -294,10 +286,9 @@ class EntityHasher {
     Sha256 outer = outer_;
     outer.update(inner_digest.data(), inner_digest.size());
     const auto digest = outer.finish();
-    std::string hex;
-    hex.reserve(2 * digest.size());
-    append_hex(hex, digest.data(), digest.size());
-    out.append(hex, 0, hex_chars_);
+    const std::size_t start = out.size();
+    append_hex(out, digest.data(), (hex_chars_ + 1) / 2);
+    out.resize(start + hex_chars_);  // an odd count ends mid-byte
   }
 
   std::size_t hex_chars() const { return hex_chars_; }
@@ -670,8 +661,7 @@ PYBIND11_MODULE(_audit, m) {
   m.def(
       "use_portable_sha256",
       [](bool portable) {
-        compress_function() =
-            portable || !sha_ni_available() ? compress_portable : compress_function_auto();
+        compress_function() = portable ? compress_portable : compress_function_auto();
       },
       py::arg("portable"),
       "Use the portable SHA-256 (True) or the CPU's SHA extensions where it has them.");

@@ -11,6 +11,7 @@ that the reference then writes, or refuses, the record as before.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Any
 
 import pytest
@@ -114,6 +115,12 @@ def test_sha256_at_every_padding_boundary(portable: bool) -> None:
 def test_entity_hash_equals_hmac(key: bytes, value: str) -> None:
     hasher = native().EntityHasher(key, ENTITY_HASH_HEX)
     assert hasher(value) == hash_entity(key, value)
+
+
+def test_entity_hash_keeps_any_number_of_hex_digits() -> None:
+    full = hmac.digest(KEY, b"acct-42", "sha256").hex()
+    for hex_chars in range(1, 65):
+        assert native().EntityHasher(KEY, hex_chars)("acct-42") == full[:hex_chars]
 
 
 def test_entity_hash_refuses_a_lone_surrogate_like_the_reference() -> None:
