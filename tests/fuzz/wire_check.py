@@ -40,8 +40,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from gateway.audit import records
-from gateway.audit.records import GENESIS, EntityHasher, seal
-from gateway.audit.sink import decision_json, entity_ids
+from gateway.audit.records import GENESIS, EntityHasher
 from gateway.dataplane import ScoreResult
 from gateway.decisions import DecisionSource
 from gateway.errors import GatewayError
@@ -59,6 +58,7 @@ from gateway.grpc.converters import (
 )
 from riskwire.v1 import scoring_pb2 as pb
 from router.routes import ArmRole, Decision
+from tests.native.audit_reference import direct_payload, python_seal
 
 if TYPE_CHECKING:
     from gateway._native import _encoder
@@ -305,31 +305,21 @@ def _compare_audit(
             ),
         )
         got = native.decision_payload(hasher.native, result, keys[i], *inputs, t.timestamp_ms)
-        try:
-            ids = entity_ids(hasher, result, keys[i])
-        except UnicodeEncodeError:  # no lone surrogate survives UTF-8 decoding
-            want = None
-        else:
-            direct = decision_json(result, ids, *inputs, keys[i], t.timestamp_ms)
-            want = None if direct is None else bytes(direct)
+        want = direct_payload(hasher, result, keys[i], *inputs, t.timestamp_ms)
         _same(got, want, f"audit decision_payload({i})")
         if got is None:
             continue
         payload = records.CanonicalJSON(got)
         sealed = native.seal_line("fuzz", "decision", payload, GENESIS, i, t.timestamp_ms, 0)
-        records.NATIVE = None
-        try:
-            reference = seal(
-                seq=i,
-                ts_ms=t.timestamp_ms,
-                kind="decision",
-                worker=0,
-                key_id="fuzz",
-                payload=payload,
-                prev=GENESIS,
-            )
-        finally:
-            records.NATIVE = native
+        reference = python_seal(
+            seq=i,
+            ts_ms=t.timestamp_ms,
+            kind="decision",
+            worker=0,
+            key_id="fuzz",
+            payload=payload,
+            prev=GENESIS,
+        )
         _same(sealed, reference, f"audit seal_line({i})")
 
 
