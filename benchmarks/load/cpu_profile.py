@@ -48,7 +48,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gRPC (cygrpc)", ("cygrpc",)),
     ("ONNX Runtime", ("onnxruntime",)),
     ("event loop (uvloop, _asyncio)", ("loop.cpython", "_asyncio")),
-    ("riskwire native", ("_encoder", "_glue")),
+    ("riskwire native", ("_encoder", "_glue", "_audit")),
     ("numpy", ("_multiarray", "_umath")),
     ("libc", ("libc.so", "libm.so")),
 )
