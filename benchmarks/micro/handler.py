@@ -13,6 +13,9 @@ gRPC: no transport, no client. Per call:
 - `process CPU us/call`: the process's CPU over the same calls, every thread: the
   recorders' writer threads included.
 
+With ``--batch-size N`` the ``ScoreBatch`` handler is measured instead, N transactions a
+call, and the figures are also given per transaction: what a bulk caller pays for each.
+
 Variants (fresh process each, interleaved over ``--repeats``; medians quoted):
 ``all on`` (as ``riskwire serve`` runs), one recorder off at a time (``audit``,
 ``outcomes``, ``drift``, ``metrics``), ``all off``, and ``audit sealed in Python``
@@ -22,8 +25,11 @@ gateway._native._audit).
 Run from the repository root::
 
     python -m benchmarks.micro.handler --models var/models     # ~1-2 minutes
+    python -m benchmarks.micro.handler --batch-size 256 --calls 100 --warmup 10 \
+        --variants "all on" "all off"
 
-Writes benchmarks/results/micro-handler-latest.json (machine, configuration, results).
+Writes benchmarks/results/micro-handler-latest.json (machine, configuration, results),
+``micro-handler-batch<N>-latest.json`` with ``--batch-size``.
 """
 
 from __future__ import annotations
@@ -74,9 +80,10 @@ class _Context:
 
 
 async def measure(
-    models: Path, overrides: dict[str, Any], calls: int, warmup: int
+    models: Path, overrides: dict[str, Any], calls: int, warmup: int, batch_size: int = 0
 ) -> dict[str, Any]:
-    """One variant in this process: loop and process time per Score call."""
+    """One variant in this process: loop and process time per Score call (per
+    ScoreBatch call of ``batch_size`` transactions when it is not 0)."""
     from benchmarks.load.loadgen import build_pool
     from gateway.server import Server
     from gateway.settings import load_settings
@@ -100,8 +107,12 @@ async def measure(
         server = Server(settings)
         await server.start()
         try:
-            score = server.scoring.Score
-            payloads = build_pool("score", 7, 512, 1).payloads
+            if batch_size:
+                score = server.scoring.ScoreBatch
+                payloads = build_pool("batch", 7, 512, batch_size).payloads
+            else:
+                score = server.scoring.Score
+                payloads = build_pool("score", 7, 512, 1).payloads
             context: Any = _Context()
             for i in range(warmup):
                 await score(payloads[i % len(payloads)], context)
@@ -114,13 +125,18 @@ async def measure(
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         finally:
             await server.stop(0)
+    per = max(batch_size, 1)
     return {
         "loop_us_per_call": round(wall / calls * 1e6, 1),
         "process_cpu_us_per_call": round(cpu / calls * 1e6, 1),
+        "loop_us_per_transaction": round(wall / calls / per * 1e6, 2),
+        "process_cpu_us_per_transaction": round(cpu / calls / per * 1e6, 2),
     }
 
 
-def run_variant(models: Path, name: str, calls: int, warmup: int) -> dict[str, Any]:
+def run_variant(
+    models: Path, name: str, calls: int, warmup: int, batch_size: int = 0
+) -> dict[str, Any]:
     """``name`` measured in a fresh interpreter (no state carried between variants)."""
     out = subprocess.run(
         [
@@ -133,6 +149,8 @@ def run_variant(models: Path, name: str, calls: int, warmup: int) -> dict[str, A
             str(calls),
             "--warmup",
             str(warmup),
+            "--batch-size",
+            str(batch_size),
             "--one",
             name,
         ],
@@ -150,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per run")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="ScoreBatch with this many transactions a call"
+    )
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -159,36 +180,39 @@ def main(argv: list[str] | None = None) -> None:
             from gateway.audit import records
 
             records.NATIVE = None  # before the server builds its audit writer
-        one = uvloop.run(measure(models, VARIANTS[args.one], args.calls, args.warmup))
+        one = uvloop.run(
+            measure(models, VARIANTS[args.one], args.calls, args.warmup, args.batch_size)
+        )
         print(json.dumps(one))
         return
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.variants}
     for repeat in range(args.repeats):
         for name in args.variants:
-            runs[name].append(run_variant(models, name, args.calls, args.warmup))
+            runs[name].append(run_variant(models, name, args.calls, args.warmup, args.batch_size))
             print(f"repeat {repeat + 1}, {name}: {runs[name][-1]}", flush=True)
     results = []
-    print(f"\n{'variant':<14}{'loop us/call':>14}{'process CPU us/call':>21}   (medians)")
+    unit = "call" if not args.batch_size else "transaction"
+    print(f"\n{'variant':<24}{'loop us/' + unit:>22}{'process CPU us/' + unit:>29}   (medians)")
     for name, figures in runs.items():
-        row = {
-            "variant": name,
-            "overrides": VARIANTS[name],
-            "loop_us_per_call": statistics.median(r["loop_us_per_call"] for r in figures),
-            "process_cpu_us_per_call": statistics.median(
-                r["process_cpu_us_per_call"] for r in figures
-            ),
-            "runs": figures,
-        }
+        row: dict[str, Any] = {"variant": name, "overrides": VARIANTS[name]}
+        for key in figures[0]:
+            row[key] = statistics.median(r[key] for r in figures)
+        row["runs"] = figures
         results.append(row)
-        print(f"{name:<14}{row['loop_us_per_call']:>14.1f}{row['process_cpu_us_per_call']:>21.1f}")
+        loop, cpu = row[f"loop_us_per_{unit}"], row[f"process_cpu_us_per_{unit}"]
+        print(f"{name:<24}{loop:>22.2f}{cpu:>29.2f}")
     config = {
         "calls": args.calls,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "batch_size": args.batch_size,
         "models": str(args.models),
         "routes": str(ROUTES.relative_to(REPO_ROOT)),
     }
-    write_report(RESULTS, "handler", config, results)
+    out = RESULTS
+    if args.batch_size:
+        out = RESULTS.with_name(f"micro-handler-batch{args.batch_size}-latest.json")
+    write_report(out, "handler", config, results)
 
 
 if __name__ == "__main__":
