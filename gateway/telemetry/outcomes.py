@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -140,9 +140,9 @@ class OutcomeSettings(BaseModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """One answered prediction, as the join and the reports need it."""
+class PredictionRecord(NamedTuple):
+    """One answered prediction, as the join and the reports need it (a NamedTuple:
+    one is built per answered transaction on the serving path; see ScoreResult)."""
 
     transaction_id: str
     route: str
