@@ -31,6 +31,18 @@ def seal_line(
     """records.seal's (digest, line) for a canonical payload; None for anything but str
     and 64-bit int arguments."""
 
+def seal_lines(
+    key_id: Any,
+    kind: Any,
+    payloads: Any,
+    prev: Any,
+    seq: Any,
+    ts_ms: Any,
+    worker: Any,
+) -> tuple[str, bytes, list[int]] | None:
+    """records.seal_lines's (last digest, lines joined, each line's end) for a list of
+    canonical payloads; None where seal_line would decline any of them."""
+
 def use_portable_sha256(portable: bool) -> None:
     """The portable SHA-256 (True), or the CPU's SHA extensions where it has them."""
 

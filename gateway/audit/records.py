@@ -186,6 +186,53 @@ def seal(
     return digest, line
 
 
+def seal_lines(
+    *,
+    seq: int,
+    ts_ms: int,
+    kind: RecordKind,
+    worker: int,
+    key_id: str,
+    payloads: list[bytes],
+    prev: str,
+) -> tuple[str, bytes, list[int]]:
+    """:func:`seal` of each canonical payload in turn, chained: the lines' seqs run on
+    from ``seq`` and each line's prev is the digest of the one before (the first's:
+    ``prev``).
+
+    Returns:
+        The last line's digest (``prev`` when there are no payloads), the lines
+        joined, and each line's end offset in them.
+
+    Raises:
+        ValueError, TypeError: as :func:`seal` does.
+    """
+    if NATIVE is not None:
+        # The same bytes in one call (native/cpp/audit.cpp), or None: the loop below.
+        sealed: tuple[str, bytes, list[int]] | None = NATIVE.seal_lines(
+            key_id, kind, payloads, prev, seq, ts_ms, worker
+        )
+        if sealed is not None:
+            return sealed
+    lines: list[bytes] = []
+    ends: list[int] = []
+    end = 0
+    for i, payload in enumerate(payloads):
+        prev, line = seal(
+            seq=seq + i,
+            ts_ms=ts_ms,
+            kind=kind,
+            worker=worker,
+            key_id=key_id,
+            payload=CanonicalJSON(payload),
+            prev=prev,
+        )
+        lines.append(line)
+        end += len(line)
+        ends.append(end)
+    return prev, b"".join(lines), ends
+
+
 class RecordError(ValueError):
     """A line that is not a valid record; ``problem`` names what is wrong."""
 

@@ -81,6 +81,33 @@ class DecisionRecords:
     def record_count(self) -> int:
         return len(self.results)
 
+    def canonical_payloads(
+        self, hash_entity: Callable[[str], str]
+    ) -> tuple[int, list[bytes]] | None:
+        """The item's timestamp and every record's payload, built natively, in order:
+        what :meth:`expand` yields, for the writer to seal many to a call. None without
+        the native builder, or where it declines a record: :meth:`expand` then builds
+        them, through the reference where it must."""
+        native = getattr(hash_entity, "native", None)
+        if native is None or NATIVE is None:
+            return None
+        payload_of = NATIVE.decision_payload
+        transactions = self.batch.transactions
+        keys_of = self.batch.routing_keys
+        latency_us = self.latency_us
+        payloads: list[bytes] = []
+        for i, result in enumerate(self.results):
+            if isinstance(transactions, Sequence):
+                txn = transactions[i]
+                amount_minor, currency = txn.amount_minor, txn.currency
+            else:
+                amount_minor, currency = transactions.amount_and_currency(i)
+            payload = payload_of(native, result, keys_of[i], amount_minor, currency, latency_us)
+            if payload is None:
+                return None
+            payloads.append(payload)
+        return self.ts_ms, payloads
+
     def expand(
         self, hash_entity: Callable[[str], str]
     ) -> Iterator[tuple[int, Mapping[str, Any] | CanonicalJSON]]:

@@ -55,6 +55,7 @@ from gateway.audit.records import (
     key_id,
     load_key,
     seal,
+    seal_lines,
 )
 from gateway.audit.settings import AuditSettings
 from gateway.errors import ErrorKind, GatewayError
@@ -607,6 +608,15 @@ class AuditWriter:
         return self._unsynced_since + interval_s - time.monotonic()
 
     def _write_item(self, item: PendingRecords) -> None:
+        built = getattr(item, "canonical_payloads", None)
+        if built is not None:
+            try:
+                payloads = built(self._hash)
+            except Exception:  # the record-by-record path below records it
+                payloads = None
+            if payloads is not None and len(payloads[1]) == item.record_count:
+                self._append_payloads(item.kind, *payloads)
+                return
         made = 0
         produced = iter(item.expand(self._hash))
         while True:
@@ -670,6 +680,58 @@ class AuditWriter:
             self._commit()
         elif len(self._buffer) >= WRITE_CHUNK_BYTES:
             self._write_out()
+
+    def _append_payloads(self, kind: RecordKind, ts_ms: int, payloads: list[bytes]) -> None:
+        """:meth:`_append` of each canonical payload as a submitted record, sealed many to
+        a call (records.seal_lines): the same lines, commits and rotations. Runs of up
+        to the next group commit are sealed at once; from where a segment would rotate
+        (or a payload is refused) on, record by record."""
+        settings = self.settings
+        done = 0
+        while done < len(payloads):
+            if self._segment_records and (
+                self._clock() - self._segment_started_s >= settings.segment_max_age_s
+            ):
+                break
+            run = payloads[done : done + max(settings.fsync_every_records - self._unsynced, 1)]
+            first_seq = self._seq + 1
+            try:
+                digest, lines, ends = seal_lines(
+                    seq=first_seq,
+                    ts_ms=ts_ms,
+                    kind=kind,
+                    worker=self.worker_id,
+                    key_id=self.key_id,
+                    payloads=run,
+                    prev=self._prev,
+                )
+            except (TypeError, ValueError):
+                break
+            if self._segment_bytes + len(lines) > settings.segment_max_bytes:
+                break  # a rotation inside the run: _append finds where
+            n = len(run)
+            self._seq += n
+            self._prev = digest
+            self._buffer += lines
+            self._segment_bytes += len(lines)
+            self._segment_records += n
+            if not self._unsynced:
+                self._unsynced_since = time.monotonic()
+            self._unsynced += n
+            self._written += n
+            self._user_unsynced += n
+            if self._otel is not None:
+                start = 0
+                for i, end in enumerate(ends):
+                    self._otel_pending.append((lines[start:end], first_seq + i, ts_ms, kind))
+                    start = end
+            done += n
+            if self._unsynced >= settings.fsync_every_records:
+                self._commit()
+            elif len(self._buffer) >= WRITE_CHUNK_BYTES:
+                self._write_out()
+        for payload in payloads[done:]:
+            self._append(kind, ts_ms, CanonicalJSON(payload), user=True)
 
     def _seal(
         self, kind: RecordKind, ts_ms: int, payload: Mapping[str, Any] | CanonicalJSON

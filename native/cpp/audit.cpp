@@ -7,7 +7,7 @@
 // back only when the writer lets go (benchmarks/README.md, "Where the handler's time
 // goes"). Here the same bytes cost a few microseconds.
 //
-// Two functions, each the exact bytes of its Python reference, or None:
+// Three functions, each the exact bytes of its Python reference, or None:
 //
 //   decision_payload(hasher, result, keys, amount_minor, currency, latency_us)
 //     == decision_json(result, ids, ...) with ids the three entity hashes; None
@@ -17,6 +17,9 @@
 //   seal_line(key_id, kind, payload, prev, seq, ts_ms, worker)
 //     == records.seal(...) for a payload already canonical; None for anything but
 //     str / int (int64) arguments.
+//   seal_lines(key_id, kind, payloads, prev, seq, ts_ms, worker)
+//     == records.seal_lines(...): seal_line over a list of payloads, chained; None
+//     where seal_line would decline any of them.
 //
 // EntityHasher(key, hex_chars) is records.EntityHasher: HMAC-SHA256 (RFC 2104) with
 // the two padded-key states computed once. SHA-256 is FIPS 180-4, written out below,
@@ -563,14 +566,17 @@ std::string decision_payload(const EntityHasher& hasher, py::handle result, py::
   return out;
 }
 
-// A Python int that fits in int64, as int.__repr__ writes it; else not direct.
-void append_int64(std::string& out, py::handle value) {
+// A Python int that fits in int64; else not direct.
+long long int64_of(py::handle value) {
   if (!PyLong_Check(value.ptr())) not_direct();
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
   if (overflow != 0 || (v == -1 && PyErr_Occurred())) not_direct();
-  out += std::to_string(v);
+  return v;
 }
+
+// A Python int that fits in int64, as int.__repr__ writes it; else not direct.
+void append_int64(std::string& out, py::handle value) { out += std::to_string(int64_of(value)); }
 
 // records.seal for a canonical payload: the body in canonical key order, its SHA-256,
 // and the line with "digest" spliced in first.
@@ -610,6 +616,74 @@ py::object seal_line(py::handle key_id, py::handle kind, py::handle payload, py:
     line.append(body, 1, std::string::npos);
     line += '\n';
     return py::make_tuple(py::str(hex), py::bytes(line));
+  } catch (const NotDirect&) {
+    return py::none();
+  }
+}
+
+// records.seal_lines: seal_line for each payload of a list in turn, each line's prev
+// the digest of the line before it and its seq one more. One call for a whole item
+// instead of one per record: the writer's per-record Python (its bookkeeping, a call
+// into seal_line, the line appended to its buffer) is most of what a record cost it.
+// Returns (the last digest, the lines joined, each line's end offset in them), or None
+// for what seal_line declines (and a payload that is not bytes, a seq run past int64).
+py::object seal_lines(py::handle key_id, py::handle kind, py::handle payloads, py::handle prev,
+                      py::handle seq, py::handle ts_ms, py::handle worker) {
+  try {
+    if (!PyList_Check(payloads.ptr())) not_direct();
+    const Py_ssize_t n = PyList_GET_SIZE(payloads.ptr());
+    std::string head = "{\"key_id\":";
+    append_json_string(head, key_id);
+    head += ",\"kind\":";
+    append_json_string(head, kind);
+    head += ",\"payload\":";
+    std::string prev_json;
+    append_json_string(prev_json, prev);
+    const long long first_seq = int64_of(seq);
+    if (n > 0 && first_seq > INT64_MAX - static_cast<long long>(n - 1)) not_direct();
+    std::string tail = ",\"ts_ms\":";
+    append_int64(tail, ts_ms);
+    tail += ",\"worker\":";
+    append_int64(tail, worker);
+    tail += '}';
+    std::size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* payload = PyList_GET_ITEM(payloads.ptr(), i);
+      if (!PyBytes_Check(payload)) not_direct();
+      total += static_cast<std::size_t>(PyBytes_GET_SIZE(payload));
+    }
+    std::string lines;
+    lines.reserve(total + static_cast<std::size_t>(n) * (head.size() + tail.size() + 160));
+    py::list ends(n);
+    std::string body;
+    std::string hex;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* payload = PyList_GET_ITEM(payloads.ptr(), i);
+      body.assign(head);
+      body.append(PyBytes_AS_STRING(payload), static_cast<std::size_t>(PyBytes_GET_SIZE(payload)));
+      body += ",\"prev\":";
+      body += prev_json;
+      body += ",\"seq\":";
+      body += std::to_string(first_seq + i);
+      body += tail;
+      Sha256 sha;
+      sha.update(body);
+      const auto digest = sha.finish();
+      hex.clear();
+      append_hex(hex, digest.data(), digest.size());
+      lines += "{\"digest\":\"";
+      lines += hex;
+      lines += "\",";
+      lines.append(body, 1, std::string::npos);
+      lines += '\n';
+      ends[static_cast<std::size_t>(i)] = py::int_(lines.size());
+      prev_json.assign(1, '"');
+      prev_json += hex;
+      prev_json += '"';
+    }
+    // The last digest: the prev of whatever is sealed next (the prev given, if none).
+    py::object last = n == 0 ? py::reinterpret_borrow<py::object>(prev) : py::str(hex);
+    return py::make_tuple(last, py::bytes(lines), ends);
   } catch (const NotDirect&) {
     return py::none();
   }
@@ -657,6 +731,10 @@ PYBIND11_MODULE(_audit, m) {
   m.def("seal_line", &seal_line, py::arg("key_id"), py::arg("kind"), py::arg("payload"),
         py::arg("prev"), py::arg("seq"), py::arg("ts_ms"), py::arg("worker"),
         "records.seal's (digest, line) for a canonical payload, or None: run the reference.");
+
+  m.def("seal_lines", &seal_lines, py::arg("key_id"), py::arg("kind"), py::arg("payloads"),
+        py::arg("prev"), py::arg("seq"), py::arg("ts_ms"), py::arg("worker"),
+        "records.seal_lines's (last digest, lines, ends) for canonical payloads, or None.");
 
   m.def(
       "use_portable_sha256",

@@ -285,6 +285,7 @@ def _compare_audit(
     if native is None:
         return
     hasher = EntityHasher(AUDIT_KEY)
+    payloads: list[bytes] = []
     for i, t in enumerate(txns):
         inputs = parsed.amount_and_currency(i)
         _same(inputs, (t.amount_minor, t.currency), f"amount_and_currency({i})")
@@ -321,6 +322,25 @@ def _compare_audit(
             prev=GENESIS,
         )
         _same(sealed, reference, f"audit seal_line({i})")
+        payloads.append(got)
+    # The batch's records chained in one call, as the writer seals an item, against
+    # the reference record by record.
+    ts_ms = txns[0].timestamp_ms if txns else 0
+    chained = native.seal_lines("fuzz", "decision", payloads, GENESIS, 1, ts_ms, 0)
+    prev, lines = GENESIS, []
+    for i, body in enumerate(payloads):
+        prev, line = python_seal(
+            seq=1 + i,
+            ts_ms=ts_ms,
+            kind="decision",
+            worker=0,
+            key_id="fuzz",
+            payload=records.CanonicalJSON(body),
+            prev=prev,
+        )
+        lines.append(line)
+    ends = [sum(len(line) for line in lines[: i + 1]) for i in range(len(lines))]
+    _same(chained, (prev, b"".join(lines), ends), "audit seal_lines")
 
 
 def _first_invalid(reference: Sequence[Mapping[str, Any]]) -> int:

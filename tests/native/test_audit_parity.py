@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
 from gateway.audit import records
+from gateway.audit import writer as writer_module
+from gateway.audit.chain import list_segments
+from gateway.audit.otel_logs import OtelAuditLogs
 from gateway.audit.records import (
     ENTITY_HASH_HEX,
     GENESIS,
@@ -28,7 +34,10 @@ from gateway.audit.records import (
     hash_entity,
     seal,
 )
-from gateway.audit.sink import DecisionRecords, decision_json, entity_ids
+from gateway.audit.settings import AuditSettings
+from gateway.audit.sink import ChainAuditSink, DecisionRecords
+from gateway.audit.verify import verify
+from gateway.audit.writer import AuditWriter
 from gateway.dataplane import FallbackReason, ScoreResult, TransactionBatch
 from gateway.decisions import DecisionSource
 from gateway.explain import Reason
@@ -182,6 +191,165 @@ def test_seal_line_equals_the_reference(
     else:
         assert got == expected
         assert seal(**args) == got  # and seal() itself takes the native path
+
+
+def python_chain(
+    key_id: Any, kind: Any, bodies: list[bytes], prev: Any, seq: Any, ts_ms: Any, worker: Any
+) -> tuple[str, bytes, list[int]]:
+    """records.seal_lines's reference: python_seal over the bodies, chained."""
+    lines: list[bytes] = []
+    ends: list[int] = []
+    for i, body in enumerate(bodies):
+        prev, line = python_seal(
+            key_id=key_id,
+            kind=kind,
+            payload=CanonicalJSON(body),
+            prev=prev,
+            seq=seq + i,
+            ts_ms=ts_ms,
+            worker=worker,
+        )
+        lines.append(line)
+        ends.append(sum(map(len, lines)))
+    return prev, b"".join(lines), ends
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(payload_objects, max_size=5),
+    texts | odd,
+    texts | odd,
+    texts | odd,
+    ints | odd | st.sampled_from([2**63 - 1, 2**63 - 3]),
+    ints | odd,
+    ints | odd,
+)
+def test_seal_lines_equals_the_reference_chain(
+    payloads: list[dict[str, Any]],
+    key_id: Any,
+    kind: Any,
+    prev: Any,
+    seq: Any,
+    ts_ms: Any,
+    worker: Any,
+) -> None:
+    bodies = [canonical(p) for p in payloads]
+    got = native().seal_lines(key_id, kind, bodies, prev, seq, ts_ms, worker)
+    try:
+        expected: tuple[str, bytes, list[int]] | None = python_chain(
+            key_id, kind, bodies, prev, seq, ts_ms, worker
+        )
+    except TypeError:
+        expected = None
+    if got is None:
+        # Declined: only what seal_line declines, or a seq that runs past int64.
+        int64 = all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in (seq, ts_ms, worker))
+        plain = (
+            all(isinstance(v, str) for v in (key_id, kind, prev))
+            and int64
+            and seq + max(len(bodies) - 1, 0) < 2**63
+        )
+        assert not plain
+    else:
+        assert got == expected
+        fields = {"key_id": key_id, "kind": kind, "prev": prev, "seq": seq}
+        assert records.seal_lines(**fields, ts_ms=ts_ms, worker=worker, payloads=bodies) == got
+
+
+def test_seal_lines_declines_what_is_not_a_list_of_bytes() -> None:
+    args = ("k", "decision")
+    assert native().seal_lines(*args, (b"{}",), GENESIS, 1, 2, 3) is None
+    assert native().seal_lines(*args, [b"{}", "{}"], GENESIS, 1, 2, 3) is None
+    assert native().seal_lines(*args, [], GENESIS, 1, 2, 3) == (GENESIS, b"", [])
+
+
+def _decisions(n: int) -> DecisionRecords:
+    rows = [
+        ScoreResult(
+            f"tx-{n}-{i}",
+            i / 7,
+            list(Decision)[i % 3],
+            "fraud-gbdt",
+            2,
+            ArmRole.CHAMPION,
+            DecisionSource.FALLBACK if i % 5 == 0 else DecisionSource.MODEL,
+            "cards",
+            9,
+            fallback_reason=FallbackReason.OVERLOAD if i % 5 == 0 else None,
+        )
+        for i in range(n)
+    ]
+
+    class Parsed:
+        def __len__(self) -> int:
+            return n
+
+        def amount_and_currency(self, i: int) -> tuple[int, str]:
+            return 100 * i + 1, "EUR"
+
+    batch = TransactionBatch(
+        transaction_ids=[r.transaction_id for r in rows],
+        routing_keys=[{"account_id": f"acct-{i % 4}", "card_id": f"card-{i}"} for i in range(n)],
+        transactions=Parsed(),
+        amounts_usd=lambda: [1.0] * n,
+        monitoring_attributes=lambda: [{}] * n,
+    )
+    return DecisionRecords(batch, rows, latency_us=40 + n, ts_ms=1_764_000_000_000 + n)
+
+
+@pytest.mark.parametrize("fsync_every", [7, 512])
+def test_a_whole_item_sealed_at_once_writes_what_record_by_record_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync_every: int
+) -> None:
+    """The writer seals an item's decisions many to a native call (records.seal_lines):
+    the segments, byte for byte, the group commits and the OpenTelemetry copies are
+    those of sealing them one at a time, across group commits (every 7 records) and
+    rotations (8 KiB segments) inside an item."""
+    sizes = (40, 3, 100, 1)
+
+    def run(directory: Path, at_once: bool) -> tuple[list[bytes], int, list[Any], list[int]]:
+        exporter = InMemoryLogRecordExporter()
+        provider = LoggerProvider()
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        audit = AuditSettings(
+            directory=directory,
+            key_file=tmp_path / "audit.key",
+            fsync_every_records=fsync_every,
+            fsync_interval_ms=600_000,
+            segment_max_bytes=8192,
+        )
+        writer = AuditWriter(
+            audit, key=KEY, clock=lambda: 1_764_000_000.5, otel=OtelAuditLogs(provider)
+        )
+        runs: list[int] = []
+
+        def spy(**fields: Any) -> tuple[str, bytes, list[int]]:
+            runs.append(len(fields["payloads"]))
+            return records.seal_lines(**fields)
+
+        with monkeypatch.context() as m:
+            m.setattr(writer_module, "seal_lines", spy)
+            if not at_once:
+                m.setattr(DecisionRecords, "canonical_payloads", lambda self, hash_entity: None)
+            writer.start()
+            sink = ChainAuditSink(writer)
+            for n in sizes:
+                assert sink.offer_decisions(_decisions(n))
+            writer.close_blocking()
+        assert verify(directory).ok
+        segments = [s.path.read_bytes() for s in list_segments(directory)[0]]
+        bodies = [e.log_record.body for e in exporter.get_finished_logs()]
+        return segments, writer.fsyncs, bodies, runs
+
+    at_once = run(tmp_path / "at-once", True)
+    one_by_one = run(tmp_path / "one-by-one", False)
+    assert at_once[:3] == one_by_one[:3]
+    segments, _, bodies, runs = at_once
+    assert len(segments) > 2  # rotated inside items
+    decisions = [line for s in segments for line in s.splitlines() if b'"kind":"decision"' in line]
+    assert len(decisions) == sum(sizes) and len(bodies) == sum(sizes) + len(segments)
+    assert runs and max(runs) <= fsync_every and sum(runs) <= sum(sizes)
+    assert one_by_one[3] == []
 
 
 def test_sealed_decisions_verify_and_equal_the_python_chain(
