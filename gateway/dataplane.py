@@ -418,10 +418,11 @@ class DataPlane:
         now = time.time()
         amounts = batch.amounts_usd()
         attributes = batch.monitoring_attributes()
+        record = PredictionRecord.from_result
         self.outcomes.log_predictions(
             [
-                PredictionRecord.from_result(r, amounts[i], attributes[i], now)
-                for i, r in enumerate(answered)
+                record(r, amount, attrs, now)
+                for r, amount, attrs in zip(answered, amounts, attributes, strict=False)
             ]
         )
 

@@ -167,18 +167,19 @@ class PredictionRecord(NamedTuple):
         scored_at: float,
     ) -> PredictionRecord:
         """The record of one data-plane answer."""
+        # Positional, in field order: one per answered transaction on the serving path.
         return cls(
-            transaction_id=result.transaction_id,
-            route=result.route,
-            model=result.model_name,
-            version=result.model_version,
-            arm=result.arm,
-            score=result.score,
-            decision=result.decision,
-            source=result.source,
-            amount_usd=amount_usd,
-            attributes=attributes,
-            scored_at=scored_at,
+            result.transaction_id,
+            result.route,
+            result.model_name,
+            result.model_version,
+            result.arm,
+            result.score,
+            result.decision,
+            result.source,
+            amount_usd,
+            attributes,
+            scored_at,
         )
 
 
