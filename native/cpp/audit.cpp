@@ -578,44 +578,77 @@ long long int64_of(py::handle value) {
 // A Python int that fits in int64, as int.__repr__ writes it; else not direct.
 void append_int64(std::string& out, py::handle value) { out += std::to_string(int64_of(value)); }
 
-// records.seal for a canonical payload: the body in canonical key order, its SHA-256,
-// and the line with "digest" spliced in first.
+// A run of records sealed in turn, chained: the fields around each payload in
+// canonical key order, rendered once (records.seal's body), each line's SHA-256 and
+// the line with "digest" spliced in first. Construction renders every field and so
+// declines (NotDirect) anything but str / int64 arguments.
+class Sealer {
+ public:
+  Sealer(py::handle key_id, py::handle kind, py::handle prev, py::handle seq, py::handle ts_ms,
+         py::handle worker)
+      : seq_(int64_of(seq)) {
+    head_ = "{\"key_id\":";
+    append_json_string(head_, key_id);
+    head_ += ",\"kind\":";
+    append_json_string(head_, kind);
+    head_ += ",\"payload\":";
+    append_json_string(prev_json_, prev);
+    tail_ = ",\"ts_ms\":";
+    append_int64(tail_, ts_ms);
+    tail_ += ",\"worker\":";
+    append_int64(tail_, worker);
+    tail_ += '}';
+  }
+
+  // Whether `n` more lines keep every seq within int64.
+  bool fits(Py_ssize_t n) const {
+    return n == 0 || seq_ <= INT64_MAX - static_cast<long long>(n - 1);
+  }
+
+  std::size_t overhead() const { return head_.size() + tail_.size() + 160; }
+
+  // Seal `payload` onto `lines` (its line appended); the next line follows it.
+  void seal(std::string& lines, PyObject* payload) {
+    body_.assign(head_);
+    body_.append(PyBytes_AS_STRING(payload), static_cast<std::size_t>(PyBytes_GET_SIZE(payload)));
+    body_ += ",\"prev\":";
+    body_ += prev_json_;
+    body_ += ",\"seq\":";
+    body_ += std::to_string(seq_++);
+    body_ += tail_;
+    Sha256 sha;
+    sha.update(body_);
+    const auto digest = sha.finish();
+    hex_.clear();
+    append_hex(hex_, digest.data(), digest.size());
+    lines += "{\"digest\":\"";
+    lines += hex_;
+    lines += "\",";
+    lines.append(body_, 1, std::string::npos);
+    lines += '\n';
+    prev_json_.assign(1, '"');
+    prev_json_ += hex_;
+    prev_json_ += '"';
+  }
+
+  // The last line's digest; empty before any.
+  const std::string& digest() const { return hex_; }
+
+ private:
+  long long seq_;
+  std::string head_, tail_, prev_json_, body_, hex_;
+};
+
+// records.seal for a canonical payload: (digest, line), or None.
 py::object seal_line(py::handle key_id, py::handle kind, py::handle payload, py::handle prev,
                      py::handle seq, py::handle ts_ms, py::handle worker) {
   try {
     if (!PyBytes_Check(payload.ptr())) not_direct();
-    std::string body;
-    body.reserve(static_cast<std::size_t>(PyBytes_GET_SIZE(payload.ptr())) + 256);
-    body += "{\"key_id\":";
-    append_json_string(body, key_id);
-    body += ",\"kind\":";
-    append_json_string(body, kind);
-    body += ",\"payload\":";
-    body.append(PyBytes_AS_STRING(payload.ptr()),
-                static_cast<std::size_t>(PyBytes_GET_SIZE(payload.ptr())));
-    body += ",\"prev\":";
-    append_json_string(body, prev);
-    body += ",\"seq\":";
-    append_int64(body, seq);
-    body += ",\"ts_ms\":";
-    append_int64(body, ts_ms);
-    body += ",\"worker\":";
-    append_int64(body, worker);
-    body += '}';
-    Sha256 sha;
-    sha.update(body);
-    const auto digest = sha.finish();
-    std::string hex;
-    hex.reserve(2 * digest.size());
-    append_hex(hex, digest.data(), digest.size());
+    Sealer sealer(key_id, kind, prev, seq, ts_ms, worker);
     std::string line;
-    line.reserve(body.size() + hex.size() + 16);
-    line += "{\"digest\":\"";
-    line += hex;
-    line += "\",";
-    line.append(body, 1, std::string::npos);
-    line += '\n';
-    return py::make_tuple(py::str(hex), py::bytes(line));
+    line.reserve(static_cast<std::size_t>(PyBytes_GET_SIZE(payload.ptr())) + sealer.overhead());
+    sealer.seal(line, payload.ptr());
+    return py::make_tuple(py::str(sealer.digest()), py::bytes(line));
   } catch (const NotDirect&) {
     return py::none();
   }
@@ -632,20 +665,8 @@ py::object seal_lines(py::handle key_id, py::handle kind, py::handle payloads, p
   try {
     if (!PyList_Check(payloads.ptr())) not_direct();
     const Py_ssize_t n = PyList_GET_SIZE(payloads.ptr());
-    std::string head = "{\"key_id\":";
-    append_json_string(head, key_id);
-    head += ",\"kind\":";
-    append_json_string(head, kind);
-    head += ",\"payload\":";
-    std::string prev_json;
-    append_json_string(prev_json, prev);
-    const long long first_seq = int64_of(seq);
-    if (n > 0 && first_seq > INT64_MAX - static_cast<long long>(n - 1)) not_direct();
-    std::string tail = ",\"ts_ms\":";
-    append_int64(tail, ts_ms);
-    tail += ",\"worker\":";
-    append_int64(tail, worker);
-    tail += '}';
+    Sealer sealer(key_id, kind, prev, seq, ts_ms, worker);
+    if (!sealer.fits(n)) not_direct();
     std::size_t total = 0;
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* payload = PyList_GET_ITEM(payloads.ptr(), i);
@@ -653,36 +674,15 @@ py::object seal_lines(py::handle key_id, py::handle kind, py::handle payloads, p
       total += static_cast<std::size_t>(PyBytes_GET_SIZE(payload));
     }
     std::string lines;
-    lines.reserve(total + static_cast<std::size_t>(n) * (head.size() + tail.size() + 160));
+    lines.reserve(total + static_cast<std::size_t>(n) * sealer.overhead());
     py::list ends(n);
-    std::string body;
-    std::string hex;
     for (Py_ssize_t i = 0; i < n; ++i) {
-      PyObject* payload = PyList_GET_ITEM(payloads.ptr(), i);
-      body.assign(head);
-      body.append(PyBytes_AS_STRING(payload), static_cast<std::size_t>(PyBytes_GET_SIZE(payload)));
-      body += ",\"prev\":";
-      body += prev_json;
-      body += ",\"seq\":";
-      body += std::to_string(first_seq + i);
-      body += tail;
-      Sha256 sha;
-      sha.update(body);
-      const auto digest = sha.finish();
-      hex.clear();
-      append_hex(hex, digest.data(), digest.size());
-      lines += "{\"digest\":\"";
-      lines += hex;
-      lines += "\",";
-      lines.append(body, 1, std::string::npos);
-      lines += '\n';
+      sealer.seal(lines, PyList_GET_ITEM(payloads.ptr(), i));
       ends[static_cast<std::size_t>(i)] = py::int_(lines.size());
-      prev_json.assign(1, '"');
-      prev_json += hex;
-      prev_json += '"';
     }
     // The last digest: the prev of whatever is sealed next (the prev given, if none).
-    py::object last = n == 0 ? py::reinterpret_borrow<py::object>(prev) : py::str(hex);
+    py::object last =
+        n == 0 ? py::reinterpret_borrow<py::object>(prev) : py::object(py::str(sealer.digest()));
     return py::make_tuple(last, py::bytes(lines), ends);
   } catch (const NotDirect&) {
     return py::none();
