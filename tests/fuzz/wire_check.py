@@ -58,7 +58,7 @@ from gateway.grpc.converters import (
 )
 from riskwire.v1 import scoring_pb2 as pb
 from router.routes import ArmRole, Decision
-from tests.native.audit_reference import direct_payload, python_seal
+from tests.native.audit_reference import direct_payload, python_seal, python_seal_lines
 
 if TYPE_CHECKING:
     from gateway._native import _encoder
@@ -327,20 +327,16 @@ def _compare_audit(
     # the reference record by record.
     ts_ms = txns[0].timestamp_ms if txns else 0
     chained = native.seal_lines("fuzz", "decision", payloads, GENESIS, 1, ts_ms, 0)
-    prev, lines = GENESIS, []
-    for i, body in enumerate(payloads):
-        prev, line = python_seal(
-            seq=1 + i,
-            ts_ms=ts_ms,
-            kind="decision",
-            worker=0,
-            key_id="fuzz",
-            payload=records.CanonicalJSON(body),
-            prev=prev,
-        )
-        lines.append(line)
-    ends = [sum(len(line) for line in lines[: i + 1]) for i in range(len(lines))]
-    _same(chained, (prev, b"".join(lines), ends), "audit seal_lines")
+    reference = python_seal_lines(
+        key_id="fuzz",
+        kind="decision",
+        payloads=payloads,
+        prev=GENESIS,
+        seq=1,
+        ts_ms=ts_ms,
+        worker=0,
+    )
+    _same(chained, reference, "audit seal_lines")
 
 
 def _first_invalid(reference: Sequence[Mapping[str, Any]]) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.audit import records
-from gateway.audit.records import EntityHasher, seal
+from gateway.audit.records import EntityHasher, seal, seal_lines
 from gateway.audit.sink import decision_json, entity_ids
 from gateway.dataplane import ScoreResult
 
@@ -34,5 +34,15 @@ def python_seal(**fields: Any) -> tuple[str, bytes]:
     saved, records.NATIVE = records.NATIVE, None
     try:
         return seal(**fields)
+    finally:
+        records.NATIVE = saved
+
+
+def python_seal_lines(**fields: Any) -> tuple[str, bytes, list[int]]:
+    """records.seal_lines(**fields) with the native module out of the way: python_seal
+    over the payloads, chained (raises as it does)."""
+    saved, records.NATIVE = records.NATIVE, None
+    try:
+        return seal_lines(**fields)
     finally:
         records.NATIVE = saved

@@ -42,7 +42,7 @@ from gateway.dataplane import FallbackReason, ScoreResult, TransactionBatch
 from gateway.decisions import DecisionSource
 from gateway.explain import Reason
 from router.routes import ArmRole, Decision
-from tests.native.audit_reference import direct_payload, python_seal
+from tests.native.audit_reference import direct_payload, python_seal, python_seal_lines
 from tests.native.strategies import needs_native
 
 pytestmark = needs_native
@@ -193,27 +193,6 @@ def test_seal_line_equals_the_reference(
         assert seal(**args) == got  # and seal() itself takes the native path
 
 
-def python_chain(
-    key_id: Any, kind: Any, bodies: list[bytes], prev: Any, seq: Any, ts_ms: Any, worker: Any
-) -> tuple[str, bytes, list[int]]:
-    """records.seal_lines's reference: python_seal over the bodies, chained."""
-    lines: list[bytes] = []
-    ends: list[int] = []
-    for i, body in enumerate(bodies):
-        prev, line = python_seal(
-            key_id=key_id,
-            kind=kind,
-            payload=CanonicalJSON(body),
-            prev=prev,
-            seq=seq + i,
-            ts_ms=ts_ms,
-            worker=worker,
-        )
-        lines.append(line)
-        ends.append(sum(map(len, lines)))
-    return prev, b"".join(lines), ends
-
-
 @settings(max_examples=400, deadline=None)
 @given(
     st.lists(payload_objects, max_size=5),
@@ -235,9 +214,10 @@ def test_seal_lines_equals_the_reference_chain(
 ) -> None:
     bodies = [canonical(p) for p in payloads]
     got = native().seal_lines(key_id, kind, bodies, prev, seq, ts_ms, worker)
+    fields = {"key_id": key_id, "kind": kind, "prev": prev, "seq": seq, "ts_ms": ts_ms}
     try:
-        expected: tuple[str, bytes, list[int]] | None = python_chain(
-            key_id, kind, bodies, prev, seq, ts_ms, worker
+        expected: tuple[str, bytes, list[int]] | None = python_seal_lines(
+            **fields, worker=worker, payloads=bodies
         )
     except TypeError:
         expected = None
@@ -252,8 +232,7 @@ def test_seal_lines_equals_the_reference_chain(
         assert not plain
     else:
         assert got == expected
-        fields = {"key_id": key_id, "kind": kind, "prev": prev, "seq": seq}
-        assert records.seal_lines(**fields, ts_ms=ts_ms, worker=worker, payloads=bodies) == got
+        assert records.seal_lines(**fields, worker=worker, payloads=bodies) == got
 
 
 def test_seal_lines_declines_what_is_not_a_list_of_bytes() -> None:
