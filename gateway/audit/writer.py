@@ -652,9 +652,7 @@ class AuditWriter:
         ``user``: a submitted record (counted in written / committed), not one of the
         writer's own (segment_start, recovery).
         """
-        if self._segment_records and (
-            self._clock() - self._segment_started_s >= self.settings.segment_max_age_s
-        ):
+        if self._segment_aged():
             self._rotate()
         digest, line = self._seal(kind, ts_ms, payload)
         if (
@@ -663,19 +661,45 @@ class AuditWriter:
         ):
             self._rotate()
             digest, line = self._seal(kind, ts_ms, payload)
-        self._seq += 1
+        self._buffer_lines(kind, ts_ms, digest, line, [len(line)], user=user)
+
+    def _segment_aged(self) -> bool:
+        """Whether the open segment is due to rotate by age."""
+        return bool(self._segment_records) and (
+            self._clock() - self._segment_started_s >= self.settings.segment_max_age_s
+        )
+
+    def _buffer_lines(
+        self,
+        kind: RecordKind,
+        ts_ms: int,
+        digest: str,
+        lines: bytes,
+        ends: list[int],
+        *,
+        user: bool,
+    ) -> None:
+        """Take sealed lines onto the chain (``ends``: each one's end in ``lines``; the
+        last one's ``digest``): seq, prev, the buffer, the segment's size and the
+        unsynced count move on; then the group commit or a write when due."""
+        first_seq = self._seq + 1
+        n = len(ends)
+        self._seq += n
         self._prev = digest
-        self._buffer += line
-        self._segment_bytes += len(line)
-        self._segment_records += 1
+        self._buffer += lines
+        self._segment_bytes += len(lines)
+        self._segment_records += n
         if not self._unsynced:
             self._unsynced_since = time.monotonic()
-        self._unsynced += 1
+        self._unsynced += n
         if user:
-            self._written += 1
-            self._user_unsynced += 1
+            self._written += n
+            self._user_unsynced += n
         if self._otel is not None:
-            self._otel_pending.append((line, self._seq, ts_ms, kind))
+            start = 0
+            for i, end in enumerate(ends):
+                self._otel_pending.append((lines[start:end], first_seq + i, ts_ms, kind))
+                start = end
         if self._unsynced >= self.settings.fsync_every_records:
             self._commit()
         elif len(self._buffer) >= WRITE_CHUNK_BYTES:
@@ -689,15 +713,12 @@ class AuditWriter:
         settings = self.settings
         done = 0
         while done < len(payloads):
-            if self._segment_records and (
-                self._clock() - self._segment_started_s >= settings.segment_max_age_s
-            ):
+            if self._segment_aged():
                 break
             run = payloads[done : done + max(settings.fsync_every_records - self._unsynced, 1)]
-            first_seq = self._seq + 1
             try:
                 digest, lines, ends = seal_lines(
-                    seq=first_seq,
+                    seq=self._seq + 1,
                     ts_ms=ts_ms,
                     kind=kind,
                     worker=self.worker_id,
@@ -709,27 +730,8 @@ class AuditWriter:
                 break
             if self._segment_bytes + len(lines) > settings.segment_max_bytes:
                 break  # a rotation inside the run: _append finds where
-            n = len(run)
-            self._seq += n
-            self._prev = digest
-            self._buffer += lines
-            self._segment_bytes += len(lines)
-            self._segment_records += n
-            if not self._unsynced:
-                self._unsynced_since = time.monotonic()
-            self._unsynced += n
-            self._written += n
-            self._user_unsynced += n
-            if self._otel is not None:
-                start = 0
-                for i, end in enumerate(ends):
-                    self._otel_pending.append((lines[start:end], first_seq + i, ts_ms, kind))
-                    start = end
-            done += n
-            if self._unsynced >= settings.fsync_every_records:
-                self._commit()
-            elif len(self._buffer) >= WRITE_CHUNK_BYTES:
-                self._write_out()
+            self._buffer_lines(kind, ts_ms, digest, lines, ends, user=True)
+            done += len(run)
         for payload in payloads[done:]:
             self._append(kind, ts_ms, CanonicalJSON(payload), user=True)
 
