@@ -81,6 +81,14 @@ class DecisionRecords:
     def record_count(self) -> int:
         return len(self.results)
 
+    def _inputs_of(self) -> Callable[[int], tuple[Any, Any]]:
+        """A transaction's amount_minor and currency by index: protobuf Transactions are
+        read as attributes; the native parser's batch gives the two fields of one."""
+        transactions = self.batch.transactions
+        if isinstance(transactions, Sequence):
+            return lambda i: (transactions[i].amount_minor, transactions[i].currency)
+        return transactions.amount_and_currency
+
     def canonical_payloads(
         self, hash_entity: Callable[[str], str]
     ) -> tuple[int, list[bytes]] | None:
@@ -92,16 +100,12 @@ class DecisionRecords:
         if native is None or NATIVE is None:
             return None
         payload_of = NATIVE.decision_payload
-        transactions = self.batch.transactions
+        inputs_of = self._inputs_of()
         keys_of = self.batch.routing_keys
         latency_us = self.latency_us
         payloads: list[bytes] = []
         for i, result in enumerate(self.results):
-            if isinstance(transactions, Sequence):
-                txn = transactions[i]
-                amount_minor, currency = txn.amount_minor, txn.currency
-            else:
-                amount_minor, currency = transactions.amount_and_currency(i)
+            amount_minor, currency = inputs_of(i)
             payload = payload_of(native, result, keys_of[i], amount_minor, currency, latency_us)
             if payload is None:
                 return None
@@ -111,21 +115,14 @@ class DecisionRecords:
     def expand(
         self, hash_entity: Callable[[str], str]
     ) -> Iterator[tuple[int, Mapping[str, Any] | CanonicalJSON]]:
-        transactions = self.batch.transactions
+        inputs_of = self._inputs_of()
         keys_of = self.batch.routing_keys
-        # Protobuf Transactions are read as attributes; the native parser's batch gives
-        # the two fields of one transaction.
-        as_messages = isinstance(transactions, Sequence)
         # The hasher's native twin: the whole payload in native code (records.NATIVE).
         native = getattr(hash_entity, "native", None)
         payload_of = None if native is None or NATIVE is None else NATIVE.decision_payload
         for i, result in enumerate(self.results):
             keys = keys_of[i]
-            if as_messages:
-                txn = transactions[i]  # type: ignore[index]
-                amount_minor, currency = txn.amount_minor, txn.currency
-            else:
-                amount_minor, currency = transactions.amount_and_currency(i)  # type: ignore[union-attr]
+            amount_minor, currency = inputs_of(i)
             if payload_of is not None:
                 direct = payload_of(native, result, keys, amount_minor, currency, self.latency_us)
                 if direct is not None:
