@@ -148,6 +148,13 @@ def test_decision_payload_declines_what_is_not_a_plain_dict() -> None:
     assert native().decision_payload(hasher, object(), {}, 1, "USD", 10) is None
 
 
+def sealable(key_id: Any, kind: Any, prev: Any, seq: Any, ts_ms: Any, worker: Any) -> bool:
+    """Whether the native sealing takes these fields: str, and ints of 64 bits."""
+    return all(isinstance(v, str) for v in (key_id, kind, prev)) and all(
+        isinstance(v, int) and -(2**63) <= v < 2**63 for v in (seq, ts_ms, worker)
+    )
+
+
 payload_objects = st.dictionaries(
     texts,
     st.none() | st.booleans() | ints | texts | st.floats(allow_nan=False, allow_infinity=False),
@@ -184,10 +191,7 @@ def test_seal_line_equals_the_reference(
     if got is None:
         # Declined: only what is not a str or an int of 64 bits, which seal() then
         # writes or refuses itself.
-        plain = all(isinstance(v, str) for v in (key_id, kind, prev)) and all(
-            isinstance(v, int) and -(2**63) <= v < 2**63 for v in (seq, ts_ms, worker)
-        )
-        assert not plain
+        assert not sealable(key_id, kind, prev, seq, ts_ms, worker)
     else:
         assert got == expected
         assert seal(**args) == got  # and seal() itself takes the native path
@@ -223,13 +227,10 @@ def test_seal_lines_equals_the_reference_chain(
         expected = None
     if got is None:
         # Declined: only what seal_line declines, or a seq that runs past int64.
-        int64 = all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in (seq, ts_ms, worker))
-        plain = (
-            all(isinstance(v, str) for v in (key_id, kind, prev))
-            and int64
+        assert not (
+            sealable(key_id, kind, prev, seq, ts_ms, worker)
             and seq + max(len(bodies) - 1, 0) < 2**63
         )
-        assert not plain
     else:
         assert got == expected
         assert records.seal_lines(**fields, worker=worker, payloads=bodies) == got
